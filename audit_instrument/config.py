@@ -1,0 +1,117 @@
+"""Process-wide settings: which senders receive events, strict mode, masking.
+
+>>> from audit_instrument import configure
+>>> from audit_instrument.senders import LoggingSender
+>>> configure(LoggingSender())           # events now go to the "audit" logger
+>>> configure()                          # ... and now nowhere
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from . import signals
+from .context import resolve_party
+from .event import AuditEvent
+
+__all__ = ["DEFAULT_MASK", "Sender", "Settings", "configure", "settings"]
+
+DEFAULT_MASK: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "private_key",
+    "credit_card",
+)
+"""Metadata keys containing any of these (case-insensitive) are masked."""
+
+MASKED = "[masked]"
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """Anything with ``send(event)``: it is connected to ``event_emitted``."""
+
+    def send(self, event: AuditEvent) -> object: ...
+
+
+@dataclass(slots=True)
+class Settings:
+    """The current configuration; read it, change it through :func:`configure`."""
+
+    strict: bool = False
+    mask: tuple[str, ...] = DEFAULT_MASK
+    system_actor: tuple[str, str] | None = None
+    senders: tuple[object, ...] = ()
+    warned_no_receivers: bool = False
+
+    def is_masked(self, key: str) -> bool:
+        """Whether metadata under ``key`` must be replaced with ``"[masked]"``."""
+        lowered = key.lower()
+        return any(pattern in lowered for pattern in self.mask)
+
+
+settings = Settings()
+_lock = threading.Lock()
+_connected: list[Callable[..., Any]] = []
+_UNSET: Any = object()
+
+
+def _receiver(sender: object) -> Callable[..., Any]:
+    if isinstance(sender, Sender):
+        return sender.send
+    if callable(sender):
+        return sender
+    raise TypeError(
+        f"configure() takes senders (objects with .send(event), or callables), "
+        f"not {type(sender).__name__}"
+    )
+
+
+def configure(
+    *senders: object,
+    strict: bool = _UNSET,
+    mask: Iterable[str] = _UNSET,
+    system_actor: object = _UNSET,
+) -> None:
+    """Connect ``senders`` to :data:`signals.event_emitted`, replacing the previous set.
+
+    Senders are held strongly (they don't vanish with their last reference).
+    ``strict=True`` makes instrumentation raise :class:`AuditValidationError`
+    from the business call instead of logging it — for tests and development.
+    ``mask`` lists case-insensitive substrings of metadata keys whose values
+    are replaced with ``"[masked]"`` (default :data:`DEFAULT_MASK`).
+    ``system_actor`` (an object, mapping or ``(id, name)``) is the actor of
+    events built outside any :func:`audit_actor` block, for background jobs.
+    Receivers connected to the signal directly are left alone.
+    """
+    receivers = [_receiver(sender) for sender in senders]
+    actor = resolve_party(system_actor, "system_actor") if system_actor is not _UNSET else None
+    with _lock:
+        for receiver in _connected:
+            signals.event_emitted.disconnect(receiver)
+        _connected.clear()
+        for receiver in receivers:
+            signals.event_emitted.connect(receiver, weak=False)
+            _connected.append(receiver)
+        settings.senders = senders
+        settings.warned_no_receivers = False
+        if strict is not _UNSET:
+            settings.strict = bool(strict)
+        if mask is not _UNSET:
+            settings.mask = tuple(pattern.lower() for pattern in mask)
+        if system_actor is not _UNSET:
+            settings.system_actor = actor
+
+
+def reset() -> None:
+    """Back to defaults: no senders, not strict, default mask, no system actor."""
+    configure(strict=False, mask=DEFAULT_MASK, system_actor=None)

@@ -1,0 +1,365 @@
+"""The audit event: its fields, the rules they obey, and its JSON forms.
+
+An :class:`AuditEvent` is frozen and validated when it is built, so any event
+that exists is one the server will accept. Its JSON is the one of
+``../shared/WIRE.md``: :meth:`AuditEvent.to_dict` gives the seed's
+``POST /events`` object, :meth:`AuditEvent.to_audit_logs_dict` the current
+``POST /audit_logs/events`` one.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any, Union
+
+from .errors import AuditValidationError
+
+__all__ = [
+    "ActionType",
+    "AuditEvent",
+    "MetadataValue",
+    "Primitive",
+    "format_timestamp",
+    "validate_action",
+    "validate_action_type",
+    "validate_metadata",
+]
+
+Primitive = Union[str, bool, int, float, datetime]
+"""A value metadata may hold directly."""
+MetadataValue = Union[Primitive, Mapping[str, Primitive]]
+"""A metadata value: a primitive, or a one-level map of primitives."""
+
+MAX_METADATA_KEYS = 50
+MAX_KEY_LENGTH = 40
+MAX_STRING_LENGTH = 500
+
+_ACTION = re.compile(r"[^\s.]+(?:\.[^\s.]+)+")
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_UTC = timezone.utc
+_getrandbits = random.getrandbits
+_SEED_KEYS = (
+    "group",
+    "action",
+    "action_type",
+    "actor_name",
+    "actor_id",
+    "target_name",
+    "target_id",
+    "location",
+    "occurred_at",
+    "metadata",
+)
+_EXTRA_KEYS = ("user_agent", "idempotency_key")
+_REQUIRED_STRINGS = ("group", "actor_name", "actor_id", "target_name", "target_id")
+
+
+class ActionType(enum.StrEnum):
+    """What an event did to its target: Create, Read, Update or Delete."""
+
+    CREATE = "C"
+    READ = "R"
+    UPDATE = "U"
+    DELETE = "D"
+
+
+_ACTION_TYPES: dict[object, ActionType] = {t.value: t for t in ActionType}
+_ACTION_TYPES.update({t: t for t in ActionType})
+
+
+def new_idempotency_key() -> str:
+    """A random UUID4 string, ~4x cheaper than ``str(uuid.uuid4())``.
+
+    The key only has to be unique (122 random bits), not secret: whoever can
+    send events for this account needs the API key anyway.
+    """
+    n = _getrandbits(128) & ~(0xF << 76 | 0xC << 60) | (0x4 << 76 | 0x8 << 60)
+    h = "%032x" % n
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def format_timestamp(value: datetime, *, milliseconds: bool = False) -> str:
+    """``2019-05-01T01:15:55.619355Z``: UTC, ISO 8601, microseconds (or ms), ``Z``."""
+    value = _as_utc(value)
+    text = value.replace(tzinfo=None).isoformat(timespec="microseconds")
+    return (text[:-3] if milliseconds else text) + "Z"
+
+
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    if value.tzinfo is _UTC:
+        return value
+    return value.astimezone(_UTC)
+
+
+def _parse_timestamp(name: str, value: object) -> datetime:
+    if isinstance(value, datetime):
+        return _as_utc(value)
+    if isinstance(value, str):
+        try:
+            return _as_utc(datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    raise AuditValidationError(
+        name, "must be a datetime or an ISO 8601 string like 2019-05-01T01:15:55.619355Z", value
+    )
+
+
+def validate_action(action: object) -> str:
+    """Return ``action`` if it reads ``category.name``, else raise."""
+    if not isinstance(action, str) or not _ACTION.fullmatch(action):
+        raise AuditValidationError(
+            "action", "must be 'category.name': dot-separated, no empty parts or spaces", action
+        )
+    return action
+
+
+def validate_action_type(action_type: object) -> ActionType:
+    """Return the :class:`ActionType` for ``"C"``/``"R"``/``"U"``/``"D"``, else raise."""
+    try:
+        return _ACTION_TYPES[action_type]
+    except (KeyError, TypeError):
+        raise AuditValidationError(
+            "action_type", "must be one of 'C', 'R', 'U', 'D' (or ActionType)", action_type
+        ) from None
+
+
+def _check_key(where: str, key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise AuditValidationError(where, "keys must be non-empty strings", key)
+    if len(key) > MAX_KEY_LENGTH:
+        raise AuditValidationError(
+            f"{where}.{key}", f"key names are at most {MAX_KEY_LENGTH} characters"
+        )
+    return key
+
+
+def _check_primitive(where: str, value: object) -> Primitive:
+    kind = type(value)
+    if kind is str:
+        if len(value) > MAX_STRING_LENGTH:  # type: ignore[arg-type]
+            raise AuditValidationError(
+                where, f"strings are at most {MAX_STRING_LENGTH} characters (got {len(value)})"  # type: ignore[arg-type]
+            )
+        return value  # type: ignore[return-value]
+    if kind is bool or kind is int:
+        return value  # type: ignore[return-value]
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise AuditValidationError(where, "numbers must be finite (no NaN or inf)", value)
+        return value  # type: ignore[return-value]
+    if isinstance(value, datetime):
+        return _as_utc(value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, enum.Enum):
+        # subclasses of str/int/float that are not enums: store the plain value
+        for base in (bool, str, int, float):
+            if isinstance(value, base):
+                return _check_primitive(where, base(value))
+    raise AuditValidationError(
+        where, "values must be str, bool, int, float or datetime, or a map of those", value
+    )
+
+
+def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, MetadataValue]:
+    """Check ``metadata`` against the WorkOS rules and return a normalised copy.
+
+    Values are primitives (datetimes made UTC-aware) or one-level maps of them;
+    at most 50 keys per map, key names of at most 40 characters, strings of at
+    most 500 characters, finite numbers.
+    """
+    if not isinstance(metadata, Mapping):
+        raise AuditValidationError(where, "must be a mapping of str to values", metadata)
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise AuditValidationError(
+            where, f"at most {MAX_METADATA_KEYS} keys (got {len(metadata)})"
+        )
+    out: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        _check_key(where, key)
+        if isinstance(value, Mapping):
+            if where != "metadata":
+                raise AuditValidationError(
+                    f"{where}.{key}", "maps may be nested one level only"
+                )
+            out[key] = validate_metadata(value, f"metadata.{key}")
+        else:
+            out[key] = _check_primitive(f"{where}.{key}", value)
+    return out
+
+
+def _freeze(metadata: dict[str, MetadataValue]) -> Mapping[str, MetadataValue]:
+    for key, value in metadata.items():
+        if type(value) is dict:
+            metadata[key] = MappingProxyType(value)
+    return MappingProxyType(metadata)
+
+
+def _metadata_json(metadata: Mapping[str, MetadataValue]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, datetime):
+            out[key] = format_timestamp(value)
+        elif isinstance(value, Mapping):
+            out[key] = _metadata_json(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _metadata_from_json(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and _STAMP.fullmatch(value):
+            out[key] = _parse_timestamp(key, value)
+        elif isinstance(value, Mapping):
+            out[key] = _metadata_from_json(value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One audit-log entry: who did what, to which object, from where, when.
+
+    Every field is checked when the event is built; a bad one raises
+    :class:`~audit_instrument.AuditValidationError` naming it. ``metadata`` is
+    stored as a read-only copy. ``idempotency_key`` (a UUID4 unless given)
+    identifies this event on every delivery attempt, for ever.
+
+    >>> from datetime import datetime, timezone
+    >>> event = AuditEvent(group="organization_1", action="user.login", action_type="C",
+    ...                    actor_name="user@email.com", actor_id="user_1",
+    ...                    target_name="user@email.com", target_id="user_1",
+    ...                    occurred_at=datetime(1970, 1, 1, tzinfo=timezone.utc))
+    >>> event.to_dict()["occurred_at"]
+    '1970-01-01T00:00:00.000000Z'
+    """
+
+    group: str
+    action: str
+    action_type: ActionType
+    actor_name: str
+    actor_id: str
+    target_name: str
+    target_id: str
+    location: str = ""
+    occurred_at: datetime = None  # type: ignore[assignment]  # now, when not given
+    metadata: Mapping[str, MetadataValue] = None  # type: ignore[assignment]  # {} when not given
+    user_agent: str = ""
+    idempotency_key: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        setter = object.__setattr__
+        validate_action(self.action)
+        setter(self, "action_type", validate_action_type(self.action_type))
+        for name in _REQUIRED_STRINGS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise AuditValidationError(name, "required: a non-empty string", value)
+        for name in ("location", "user_agent", "idempotency_key"):
+            if not isinstance(getattr(self, name), str):
+                raise AuditValidationError(name, "must be a string", getattr(self, name))
+        occurred_at = self.occurred_at
+        if occurred_at is None:
+            setter(self, "occurred_at", datetime.now(_UTC))
+        elif type(occurred_at) is not datetime or occurred_at.tzinfo is not _UTC:
+            setter(self, "occurred_at", _parse_timestamp("occurred_at", occurred_at))
+        metadata = self.metadata
+        setter(self, "metadata", _freeze(validate_metadata({} if metadata is None else metadata)))
+        if not self.idempotency_key:
+            setter(self, "idempotency_key", new_idempotency_key())
+
+    def __hash__(self) -> int:
+        return hash(self.idempotency_key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's JSON object for ``POST /events``: its ten keys, in order."""
+        return {
+            "group": self.group,
+            "action": self.action,
+            "action_type": self.action_type.value,
+            "actor_name": self.actor_name,
+            "actor_id": self.actor_id,
+            "target_name": self.target_name,
+            "target_id": self.target_id,
+            "location": self.location,
+            "occurred_at": format_timestamp(self.occurred_at),
+            "metadata": _metadata_json(self.metadata),
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus ``user_agent`` and ``idempotency_key``: the whole event.
+
+        This is what files and stores keep, so that ``AuditEvent.from_dict(
+        event.to_record()) == event`` and a replay keeps the idempotency key.
+        """
+        record = self.to_dict()
+        record["user_agent"] = self.user_agent
+        record["idempotency_key"] = self.idempotency_key
+        return record
+
+    def to_audit_logs_dict(
+        self,
+        *,
+        actor_type: str = "user",
+        target_type: str | None = None,
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body for the current ``POST /audit_logs/events`` API.
+
+        ``group`` becomes ``organization_id``; actor and target become objects
+        (the target's type defaults to the action's category: ``tweet.update``
+        → ``tweet``); ``occurred_at`` has milliseconds.
+        """
+        context: dict[str, str] = {"location": self.location}
+        if self.user_agent:
+            context["user_agent"] = self.user_agent
+        event: dict[str, Any] = {
+            "action": self.action,
+            "occurred_at": format_timestamp(self.occurred_at, milliseconds=True),
+            "actor": {"id": self.actor_id, "type": actor_type, "name": self.actor_name},
+            "targets": [
+                {
+                    "id": self.target_id,
+                    "type": target_type or self.action.split(".", 1)[0],
+                    "name": self.target_name,
+                }
+            ],
+            "context": context,
+            "metadata": _metadata_json(self.metadata),
+        }
+        if version is not None:
+            event["version"] = version
+        return {"organization_id": self.group, "event": event}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
+        """Build an event from :meth:`to_dict` or :meth:`to_record` output.
+
+        Unknown keys are refused. Metadata strings in the exact timestamp form
+        (``2019-05-01T01:15:55.619355Z``) come back as datetimes.
+        """
+        if not isinstance(data, Mapping):
+            raise AuditValidationError("event", "must be a mapping", data)
+        unknown = set(data) - set(_SEED_KEYS) - set(_EXTRA_KEYS)
+        if unknown:
+            raise AuditValidationError(
+                "event", f"unknown keys {sorted(map(str, unknown))}; allowed: {', '.join(_SEED_KEYS + _EXTRA_KEYS)}"
+            )
+        missing = [k for k in _SEED_KEYS[:7] if k not in data]
+        if missing:
+            raise AuditValidationError(missing[0], "required key is missing")
+        kwargs = dict(data)
+        metadata = kwargs.get("metadata")
+        if isinstance(metadata, Mapping):
+            kwargs["metadata"] = _metadata_from_json(metadata)
+        return cls(**kwargs)

@@ -1,0 +1,477 @@
+"""``audit()``: declare an audit event where the action happens.
+
+One object is both a decorator (sync and async functions, methods,
+classmethods, staticmethods; built on :mod:`wrapt`, so signatures, names and
+``inspect.iscoroutinefunction`` survive) and a context manager (``with`` and
+``async with``) that yields an :class:`AuditBuilder`.
+
+With no receiver connected the decorator only calls the function: no
+snapshot, no event (and one warning on the ``audit_instrument`` logger).
+Failures to build an event are logged and reported on
+``signals.event_invalid``; they never break the call unless
+``configure(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import wrapt
+
+from . import signals
+from ._resolve import Binder, Resolver
+from .config import MASKED, settings
+from .context import _current, resolve_party
+from .errors import AuditError, AuditValidationError
+from .event import ActionType, AuditEvent, MetadataValue, validate_action, validate_action_type
+from .snapshot import Snapshot, capture, check_fields, diff, to_metadata_value
+
+__all__ = ["AuditBuilder", "audit"]
+
+logger = logging.getLogger("audit_instrument")
+F = TypeVar("F", bound=Callable[..., Any])
+OnError = Literal["skip", "emit"]
+_receivers = signals.event_emitted
+_NO_SNAPSHOT: Snapshot = {}
+
+
+def _warn_discarded() -> None:
+    if not settings.warned_no_receivers:
+        settings.warned_no_receivers = True
+        logger.warning(
+            "audit_instrument: no sender is configured, so audit events are being "
+            "discarded; call audit_instrument.configure(...) with a sender"
+        )
+
+
+def _report(action: str, error: Exception) -> None:
+    """Log a failure to build an event, tell ``event_invalid``; raise if strict."""
+    if settings.strict:
+        raise error
+    logger.error("audit_instrument: event %r not recorded: %s", action, error)
+    signals.dispatch(signals.event_invalid, action, error=error)
+
+
+def _mask(metadata: dict[str, Any]) -> dict[str, Any]:
+    for key, value in metadata.items():
+        if settings.is_masked(key):
+            metadata[key] = MASKED
+        elif isinstance(value, Mapping):
+            metadata[key] = {
+                k: MASKED if settings.is_masked(k) else v for k, v in value.items()
+            }
+    return metadata
+
+
+def _metadata_from(label: str, value: object) -> dict[str, MetadataValue]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise AuditValidationError(label, "must resolve to a mapping", value)
+    out: dict[str, MetadataValue] = {}
+    for key, item in value.items():
+        converted = to_metadata_value(f"metadata.{key}", item)
+        if converted is not None:
+            out[str(key)] = converted
+    return out
+
+
+class AuditBuilder:
+    """The event being built inside ``with audit(...) as event:``.
+
+    Set ``metadata`` entries, the ``target`` (object, mapping or ``(id,
+    name)``), ``actor``, ``group`` or ``location``; call :meth:`skip` to
+    record nothing. What is left ``None`` comes from the audit context.
+    """
+
+    __slots__ = ("actor", "group", "location", "metadata", "occurred_at", "skipped", "target")
+
+    def __init__(self, target: object = None) -> None:
+        self.metadata: dict[str, Any] = {}
+        self.target: object = target
+        self.actor: object = None
+        self.group: str | None = None
+        self.location: str | None = None
+        self.occurred_at: datetime | None = None
+        self.skipped = False
+
+    def skip(self) -> None:
+        """Record no event for this block."""
+        self.skipped = True
+
+
+class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
+    """Declare an audit event on a function, a method or a block.
+
+    ``target``, ``actor``, ``group`` and ``metadata`` are each a parameter
+    name of the decorated function (``"result"`` is its return value) or a
+    callable taking some of its parameters by name (plus ``result``);
+    ``target``/``actor`` resolve to an object with ``id`` and
+    ``email``/``name``/``username``, a mapping, or ``(id, name)``;
+    ``metadata`` to a mapping (or pass a list of parameter names).
+    ``snapshot`` is called before and after the call; the ``fields`` of what
+    it returns that changed become ``<field>_was`` / ``<field>`` metadata.
+    Without ``target`` the actor is the target.
+
+    If the call raises, the exception propagates unchanged and no event is
+    recorded, unless ``on_error="emit"``: then the attempt is recorded with
+    ``outcome="failure"`` and ``error=<exception type>`` metadata.
+
+    >>> tweets = {5: {"body": "What time is the event", "author": "user@email.com"}}
+    >>> @audit("tweet.update", "U",
+    ...        target=lambda tweet_id: (f"tweet_{tweet_id}", tweets[tweet_id]["author"]),
+    ...        snapshot=lambda tweet_id: tweets[tweet_id], fields=["body"])
+    ... def update_tweet(tweet_id: int, body: str) -> None:
+    ...     tweets[tweet_id]["body"] = body
+
+    As a block, ``target`` and ``snapshot`` are values / zero-argument
+    callables::
+
+        with audit("user.login", "C", target=user) as event:
+            event.metadata["method"] = "password"
+    """
+
+    __slots__ = (
+        "_builder",
+        "_before",
+        "action",
+        "action_type",
+        "actor",
+        "fields",
+        "group",
+        "include_unchanged",
+        "metadata",
+        "on_error",
+        "snapshot",
+        "target",
+    )
+
+    def __init__(
+        self,
+        action: str,
+        action_type: ActionType | str,
+        *,
+        target: object = None,
+        actor: object = None,
+        group: object = None,
+        metadata: object = None,
+        snapshot: Callable[..., Any] | None = None,
+        fields: Sequence[str] | None = None,
+        include_unchanged: bool = False,
+        on_error: OnError = "skip",
+    ) -> None:
+        self.action = validate_action(action)
+        self.action_type = validate_action_type(action_type)
+        if on_error not in ("skip", "emit"):
+            raise AuditValidationError("on_error", "must be 'skip' or 'emit'", on_error)
+        if snapshot is not None and not callable(snapshot):
+            raise AuditValidationError("snapshot", "must be a callable", snapshot)
+        if fields is not None and snapshot is None:
+            raise AuditValidationError("fields", "needs snapshot= to read them from")
+        self.target = target
+        self.actor = actor
+        self.group = group
+        self.metadata = metadata
+        self.snapshot = snapshot
+        self.fields = check_fields(fields)
+        self.include_unchanged = include_unchanged
+        self.on_error: OnError = on_error
+        self._builder: AuditBuilder | None = None
+        self._before: Snapshot = _NO_SNAPSHOT
+
+    def __repr__(self) -> str:
+        return f"audit({self.action!r}, {self.action_type.value!r})"
+
+    # -- building the event ------------------------------------------------
+
+    def _event(
+        self,
+        target: object,
+        actor: object,
+        group: object,
+        location: str | None,
+        metadata: dict[str, Any],
+        occurred_at: datetime | None = None,
+    ) -> AuditEvent:
+        ctx = _current.get()
+        party = resolve_party(actor, "actor") if actor is not None else None
+        if party is None:
+            if ctx.actor_id is not None:
+                party = (ctx.actor_id, ctx.actor_name or ctx.actor_id)
+            elif settings.system_actor is not None:
+                party = settings.system_actor
+            else:
+                raise AuditValidationError(
+                    "actor_id",
+                    "required: bind one with audit_actor(...), pass actor=, "
+                    "or configure(system_actor=...)",
+                )
+        aimed = resolve_party(target, "target") if target is not None else party
+        if aimed is None:
+            raise AuditValidationError("target_id", "required: the target resolved to no id")
+        if group is None:
+            group = ctx.group
+        if group is None:
+            raise AuditValidationError(
+                "group", "required: bind one with audit_actor(..., group=) or audit_context(group=)"
+            )
+        if location is None:
+            location = ctx.location or ""
+        if metadata and settings.mask:
+            _mask(metadata)
+        return AuditEvent(
+            group=group,  # type: ignore[arg-type]
+            action=self.action,
+            action_type=self.action_type,
+            actor_name=party[1],
+            actor_id=party[0],
+            target_name=aimed[1],
+            target_id=aimed[0],
+            location=location,
+            occurred_at=occurred_at,  # type: ignore[arg-type]
+            metadata=metadata,
+            user_agent=ctx.user_agent or "",
+        )
+
+    # -- decorator -------------------------------------------------------
+
+    @overload
+    def __call__(self, fn: F) -> F: ...
+    @overload
+    def __call__(self, fn: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]: ...
+    @overload
+    def __call__(self, fn: staticmethod[Any, Any]) -> staticmethod[Any, Any]: ...
+    def __call__(self, fn: Any) -> Any:
+        """Decorate ``fn``; the declaration is checked against its signature now."""
+        plan = _Plan(self, fn)
+        if plan.is_async:
+            return wrapt.FunctionWrapper(fn, plan.async_wrapper)
+        return wrapt.FunctionWrapper(fn, plan.sync_wrapper)
+
+    # -- context manager ---------------------------------------------------
+
+    def __enter__(self) -> AuditBuilder:
+        if self._builder is not None:
+            raise AuditError(f"{self!r} is already open: use one audit(...) per with block")
+        if isinstance(self.target, str) or callable(self.target):
+            raise AuditValidationError(
+                "target",
+                "in a with block, give the target itself: an object, mapping or (id, name)",
+                self.target,
+            )
+        self._builder = AuditBuilder(self.target)
+        self._builder.actor = self.actor
+        self._before = _NO_SNAPSHOT
+        if self.snapshot is not None and _receivers.receivers:
+            try:
+                self._before = capture(self.snapshot(), self.fields)
+            except Exception as error:  # noqa: BLE001 - reported, never breaks the block
+                _report(self.action, error)
+                self._builder.skip()
+        return self._builder
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        builder, self._builder = self._builder, None
+        if builder is None or builder.skipped:
+            return
+        if not _receivers.receivers:
+            _warn_discarded()
+            return
+        if exc is not None and (self.on_error != "emit" or not isinstance(exc, Exception)):
+            return
+        try:
+            metadata = _metadata_from("metadata", builder.metadata)
+            if self.snapshot is not None:
+                metadata.update(
+                    diff(
+                        self._before,
+                        capture(self.snapshot(), self.fields),
+                        include_unchanged=self.include_unchanged,
+                    )
+                )
+            if exc is not None:
+                metadata["outcome"] = "failure"
+                metadata["error"] = type(exc).__qualname__
+            event = self._event(
+                builder.target,
+                builder.actor,
+                builder.group or self.group,
+                builder.location,
+                metadata,
+                builder.occurred_at,
+            )
+        except Exception as error:
+            if exc is not None:  # don't mask the block's own exception
+                logger.error("audit_instrument: event %r not recorded: %s", self.action, error)
+                return
+            _report(self.action, error)
+            return
+        signals.dispatch(_receivers, event)
+
+    async def __aenter__(self) -> AuditBuilder:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class _Plan:
+    """What one decorated function needs per call, worked out once."""
+
+    __slots__ = (
+        "actor",
+        "binder",
+        "decl",
+        "group",
+        "is_async",
+        "metadata",
+        "needs_args",
+        "snapshot",
+        "target",
+    )
+
+    def __init__(self, decl: audit, fn: Any) -> None:
+        self.decl = decl
+        takes_instance: bool | None = None
+        inner = fn
+        if isinstance(fn, classmethod):
+            inner, takes_instance = fn.__func__, True
+        elif isinstance(fn, staticmethod):
+            inner, takes_instance = fn.__func__, False
+        if not callable(inner):
+            raise TypeError(f"@audit decorates functions and methods, not {type(fn).__name__}")
+        self.is_async = inspect.iscoroutinefunction(inner)
+        self.binder = Binder(inner, takes_instance)
+        self.target = self._resolver("target", decl.target)
+        self.actor = self._resolver("actor", decl.actor)
+        self.group = self._resolver("group", decl.group)
+        metadata = decl.metadata
+        if isinstance(metadata, (list, tuple)):
+            names = tuple(metadata)
+            for name in names:
+                Resolver("metadata", name).check(self.binder, result_allowed=True)
+            metadata = lambda **kw: {n: kw.get(n) for n in names}  # noqa: E731
+        self.metadata = self._resolver("metadata", metadata)
+        self.snapshot: Resolver | None = None
+        if decl.snapshot is not None:
+            self.snapshot = Resolver("snapshot", decl.snapshot)
+            self.snapshot.check(self.binder, result_allowed=False)
+        self.needs_args = any(
+            r is not None for r in (self.target, self.actor, self.group, self.metadata, self.snapshot)
+        )
+
+    def _resolver(self, label: str, spec: object) -> Resolver | None:
+        if spec is None:
+            return None
+        if isinstance(spec, str) or callable(spec):
+            resolver = Resolver(label, spec)  # type: ignore[arg-type]
+            resolver.check(self.binder, result_allowed=True)
+            return resolver
+        return _Constant(label, spec)
+
+    def before(self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Snapshot] | None:
+        try:
+            bound = self.binder.bind(instance, args, kwargs) if self.needs_args else {}
+            before = capture(self.snapshot(bound), self.decl.fields) if self.snapshot else _NO_SNAPSHOT
+        except Exception as error:
+            _report(self.decl.action, error)
+            return None
+        return bound, before
+
+    def finish(self, state: tuple[dict[str, Any], Snapshot], result: Any, exc: BaseException | None) -> None:
+        decl = self.decl
+        bound, before = state
+        try:
+            metadata = (
+                _metadata_from("metadata", self.metadata(bound, result, done=True))
+                if self.metadata
+                else {}
+            )
+            if self.snapshot is not None:
+                after = capture(self.snapshot(bound), decl.fields)
+                metadata.update(diff(before, after, include_unchanged=decl.include_unchanged))
+            if exc is not None:
+                metadata["outcome"] = "failure"
+                metadata["error"] = type(exc).__qualname__
+            event = decl._event(
+                self.target(bound, result, done=True) if self.target else None,
+                self.actor(bound, result, done=True) if self.actor else None,
+                self.group(bound, result, done=True) if self.group else None,
+                None,
+                metadata,
+            )
+        except Exception as error:
+            if exc is not None:  # never replace the call's own exception
+                logger.error("audit_instrument: event %r not recorded: %s", decl.action, error)
+                return
+            _report(decl.action, error)
+            return
+        signals.dispatch(_receivers, event)
+
+    def sync_wrapper(self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _receivers.receivers:
+            if not settings.warned_no_receivers:
+                _warn_discarded()
+            return wrapped(*args, **kwargs)
+        state = self.before(instance, args, kwargs)
+        if state is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except Exception as exc:
+            if self.decl.on_error == "emit":
+                self.finish(state, None, exc)
+            raise
+        self.finish(state, result, None)
+        return result
+
+    async def async_wrapper(self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _receivers.receivers:
+            if not settings.warned_no_receivers:
+                _warn_discarded()
+            return await wrapped(*args, **kwargs)
+        state = self.before(instance, args, kwargs)
+        if state is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except Exception as exc:
+            if self.decl.on_error == "emit":
+                self.finish(state, None, exc)
+            raise
+        self.finish(state, result, None)
+        return result
+
+
+class _Constant(Resolver):
+    """A declaration given as a value (``target=user``) rather than a resolver."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, label: str, value: object) -> None:
+        self.label = label
+        self.value = value
+        self.name = None
+        self.fn = None
+
+    def check(self, binder: Binder, *, result_allowed: bool) -> None:
+        return None
+
+    def __call__(self, bound: Mapping[str, Any], result: Any = None, *, done: bool = False) -> Any:
+        return self.value
+
