@@ -1,0 +1,292 @@
+"""What the ASGI, WSGI and Django middlewares share.
+
+Each middleware reads four things from its request — the user, the peer
+address with ``X-Forwarded-For``, the ``User-Agent`` — and hands them to a
+:class:`RequestBinder`, which turns them into one :func:`audit_actor`
+binding. Resolvers supplied by the user are called here, with their
+failures logged (raised in strict mode), so a broken resolver never turns a
+request into a 500.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+from ..config import settings
+from ..context import AuditContext, _current, audit_actor, resolve_party
+from ..errors import AuditConfigError
+
+__all__ = ["RequestBinder", "TrustedProxies", "user_party"]
+
+logger = logging.getLogger("audit_instrument")
+
+Req = TypeVar("Req")
+T = TypeVar("T")
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_address(text: str) -> _Address | None:
+    """An IP from a peer or ``X-Forwarded-For`` entry; ports and brackets removed."""
+    text = text.strip()
+    if text.startswith("["):  # "[2001:db8::1]:443"
+        text = text[1 : text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:  # "203.0.113.7:8080"
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class TrustedProxies:
+    """The peers allowed to tell us the client's address in ``X-Forwarded-For``.
+
+    Give addresses or networks (``"10.0.0.0/8"``, ``"::1"``), or ``"*"`` to
+    trust every peer (only when the app is reachable through proxies alone).
+    With none, ``X-Forwarded-For`` is ignored and the peer address is the
+    client's: a header any client can write proves nothing.
+
+    >>> proxies = TrustedProxies(["10.0.0.0/8"])
+    >>> proxies.client_ip("10.0.0.2", "198.51.100.9, 203.0.113.7, 10.0.0.1")
+    '203.0.113.7'
+    >>> proxies.client_ip("192.0.2.1", "198.51.100.9")   # untrusted peer: header ignored
+    '192.0.2.1'
+    """
+
+    __slots__ = ("_everyone", "_networks")
+
+    def __init__(self, proxies: Iterable[str] | str = ()) -> None:
+        if isinstance(proxies, str):
+            proxies = proxies.split(",")
+        networks: list[_Network] = []
+        self._everyone = False
+        for entry in proxies:
+            if not isinstance(entry, str):
+                raise AuditConfigError(
+                    f"trusted_proxies takes IP addresses or networks as strings, not {entry!r}"
+                )
+            entry = entry.strip()
+            if entry == "*":
+                self._everyone = True
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise AuditConfigError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network "
+                    "(e.g. '10.0.0.1', '10.0.0.0/8', '::1', or '*')"
+                ) from None
+        self._networks = tuple(networks)
+
+    def __bool__(self) -> bool:
+        return self._everyone or bool(self._networks)
+
+    def __repr__(self) -> str:
+        shown = ["*"] if self._everyone else [str(n) for n in self._networks]
+        return f"TrustedProxies({shown!r})"
+
+    def _trusts(self, address: _Address) -> bool:
+        return self._everyone or any(address in network for network in self._networks)
+
+    def client_ip(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """The client's address: the right-most hop not added by a trusted proxy.
+
+        ``X-Forwarded-For`` is read only when ``peer`` is trusted; it is then
+        walked from the right (the hop nearest to us) past trusted proxies.
+        An entry that is not an IP stops the walk at the last verified hop.
+        """
+        if not forwarded_for or peer is None or not self:
+            return peer
+        closest = _parse_address(peer)
+        if closest is None or not self._trusts(closest):
+            return peer
+        for hop in reversed(forwarded_for.split(",")):
+            address = _parse_address(hop)
+            if address is None:
+                break
+            closest = address
+            if not self._trusts(address):
+                break
+        return str(closest)
+
+
+def _attribute(user: object, name: str) -> object:
+    try:
+        return getattr(user, name, None)
+    except NotImplementedError:  # Starlette's BaseUser leaves these abstract
+        return None
+
+
+def user_party(user: object) -> tuple[str, str] | None:
+    """``(id, name)`` of a framework's user object; ``None`` for anonymous users.
+
+    Understands anything :func:`~audit_instrument.context.resolve_party`
+    does (``id`` + ``email``/``name``/``username``, mappings, ``(id, name)``),
+    Django users (``is_authenticated``, ``pk``) and Starlette users
+    (``identity``, ``display_name``). A plain string is taken as both id and
+    name (``REMOTE_USER``).
+    """
+    if user is None or user == "":
+        return None
+    if isinstance(user, str):
+        return user, user
+    if _attribute(user, "is_authenticated") is False:
+        return None
+    party = resolve_party(user)
+    if party is not None:
+        return party
+    ident = _attribute(user, "pk") or _attribute(user, "identity") or _attribute(
+        user, "display_name"
+    )
+    if ident is None or ident == "":
+        return None
+    name = _attribute(user, "display_name") or ident
+    return str(ident), str(name)
+
+
+def _call(label: str, resolver: Callable[[Req], T], request: Req) -> T | None:
+    """Run a user-supplied resolver; a failure is logged (raised when strict)."""
+    try:
+        return resolver(request)
+    except Exception:
+        if settings.strict:
+            raise
+        logger.exception("audit_instrument: the middleware's %s resolver failed", label)
+        return None
+
+
+async def settle(label: str, value: object) -> object:
+    """Await ``value`` if a resolver returned an awaitable (async resolvers)."""
+    if not inspect.isawaitable(value):
+        return value
+    try:
+        return await value
+    except Exception:
+        if settings.strict:
+            raise
+        logger.exception("audit_instrument: the middleware's %s resolver failed", label)
+        return None
+
+
+class RequestBinder(Generic[Req]):
+    """Turns one request into the :func:`audit_actor` binding for its lifetime.
+
+    ``actor`` and ``group`` are the user's resolvers, called with the
+    framework's request object (ASGI scope, WSGI environ, Django request);
+    ``actor`` returns a user (see :func:`user_party`) and ``group`` a string
+    (or ``group`` is a constant string). Without ``group`` the group bound
+    outside the request, if any, is kept.
+    """
+
+    __slots__ = ("actor", "group", "proxies")
+
+    def __init__(
+        self,
+        *,
+        actor: Callable[[Req], object] | None,
+        group: str | Callable[[Req], str | None] | None,
+        trusted_proxies: Iterable[str] | str,
+    ) -> None:
+        if actor is not None and not callable(actor):
+            raise AuditConfigError(f"actor= takes a callable over the request, not {actor!r}")
+        if group is not None and not (isinstance(group, str) or callable(group)):
+            raise AuditConfigError(
+                f"group= takes a string or a callable over the request, not {group!r}"
+            )
+        self.actor = actor
+        self.group = group
+        self.proxies = TrustedProxies(trusted_proxies)
+
+    def user(self, request: Req, default: Callable[[Req], object]) -> object:
+        """The request's user, from the ``actor`` resolver or ``default``."""
+        return _call("actor", self.actor or default, request)
+
+    def bind(
+        self,
+        request: Req,
+        user: object,
+        *,
+        peer: str | None,
+        forwarded_for: str | None,
+        user_agent: str | None,
+    ) -> Any:
+        """The ``audit_actor(...)`` block for this request (enter it around the app)."""
+        try:
+            party = user_party(user)
+        except Exception:
+            if settings.strict:
+                raise
+            logger.exception("audit_instrument: could not read an actor from %r", user)
+            party = None
+        changes: dict[str, Any] = {
+            "location": self.proxies.client_ip(peer, forwarded_for),
+            "user_agent": user_agent,
+        }
+        if isinstance(self.group, str):
+            changes["group"] = self.group
+        elif self.group is not None:
+            group = _call("group", self.group, request)
+            if group is not None:
+                changes["group"] = str(group)
+        if party is None:
+            return audit_actor(None, **changes)
+        return audit_actor(id=party[0], name=party[1], **changes)
+
+
+def iterate_in(bound: AuditContext, iterable: Iterable[T]) -> Iterator[T]:
+    """Yield from ``iterable`` with ``bound`` as the audit context of each step.
+
+    For response bodies iterated after the middleware returned (WSGI, Django
+    streaming): every chunk is produced, and the body closed, with the
+    request's context; the caller's context is restored between chunks.
+    """
+    iterator = iter(iterable)
+    try:
+        while True:
+            token = _current.set(bound)
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                _current.reset(token)
+            yield chunk
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            token = _current.set(bound)
+            try:
+                close()
+            finally:
+                _current.reset(token)
+
+
+async def aiterate_in(bound: AuditContext, iterable: Any) -> AsyncIterator[Any]:
+    """The ``async for`` twin of :func:`iterate_in`."""
+    iterator = aiter(iterable)
+    try:
+        while True:
+            token = _current.set(bound)
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                _current.reset(token)
+            yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            token = _current.set(bound)
+            try:
+                await aclose()
+            finally:
+                _current.reset(token)
