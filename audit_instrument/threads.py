@@ -76,4 +76,5 @@ async def run_in_executor(
     ...     return await run_in_executor(None, save_tweet, tweet, notify=True)
     """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, bind_context(functools.partial(fn, *args, **kwargs)))
+    call = bind_context(functools.partial(fn, *args, **kwargs))
+    return await loop.run_in_executor(executor, call)

@@ -1,0 +1,130 @@
+"""Trusted-proxy client IP and user resolution shared by the middlewares."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pytest
+from starlette.authentication import SimpleUser, UnauthenticatedUser
+
+from audit_instrument import AuditConfigError, configure, current_context
+from audit_instrument.integrations import TrustedProxies, user_party
+from audit_instrument.integrations._common import RequestBinder
+
+
+class TestTrustedProxies:
+    def test_without_trusted_proxies_the_header_is_ignored(self) -> None:
+        assert TrustedProxies().client_ip("192.0.2.1", "203.0.113.7") == "192.0.2.1"
+
+    def test_header_from_an_untrusted_peer_is_ignored(self) -> None:
+        proxies = TrustedProxies(["10.0.0.0/8"])
+        assert proxies.client_ip("192.0.2.1", "203.0.113.7") == "192.0.2.1"
+
+    def test_right_most_untrusted_hop_wins_over_a_spoofed_left_part(self) -> None:
+        proxies = TrustedProxies(["10.0.0.0/8", "172.16.0.1"])
+        # the client wrote "1.1.1.1" itself; 10.0.0.5 and 172.16.0.1 are our proxies
+        chain = "1.1.1.1, 203.0.113.7, 10.0.0.5"
+        assert proxies.client_ip("172.16.0.1", chain) == "203.0.113.7"
+
+    def test_every_hop_trusted_gives_the_left_most(self) -> None:
+        proxies = TrustedProxies("10.0.0.0/8, 127.0.0.1")
+        assert proxies.client_ip("127.0.0.1", "10.1.1.1, 10.2.2.2") == "10.1.1.1"
+
+    def test_garbage_entry_stops_at_the_last_verified_hop(self) -> None:
+        proxies = TrustedProxies(["10.0.0.0/8"])
+        assert proxies.client_ip("10.0.0.1", "203.0.113.7, unknown") == "10.0.0.1"
+        assert proxies.client_ip("10.0.0.1", "evil, 10.0.0.9") == "10.0.0.9"
+
+    def test_ports_brackets_ipv6_and_mapped_ipv4(self) -> None:
+        proxies = TrustedProxies(["::1", "10.0.0.0/8"])
+        assert proxies.client_ip("::1", "[2001:db8::7]:443") == "2001:db8::7"
+        assert proxies.client_ip("::ffff:10.0.0.1", "203.0.113.7:8080") == "203.0.113.7"
+
+    def test_star_trusts_every_peer(self) -> None:
+        assert TrustedProxies("*").client_ip("192.0.2.1", "203.0.113.7") == "203.0.113.7"
+
+    def test_unknown_or_missing_peer(self) -> None:
+        proxies = TrustedProxies(["10.0.0.0/8"])
+        assert proxies.client_ip(None, "203.0.113.7") is None
+        assert proxies.client_ip("testclient", "203.0.113.7") == "testclient"
+        assert proxies.client_ip("10.0.0.1", None) == "10.0.0.1"
+
+    @pytest.mark.parametrize("bad", ["10.0.0.0/33", "proxy.internal", 10])
+    def test_bad_configuration_is_a_config_error(self, bad: object) -> None:
+        with pytest.raises(AuditConfigError, match="trusted_proxies"):
+            TrustedProxies([bad])  # type: ignore[list-item]
+
+
+@dataclass
+class _User:
+    id: int
+    email: str
+
+
+class TestUserParty:
+    def test_objects_mappings_tuples_and_strings(self) -> None:
+        assert user_party(_User(7, "a@example.com")) == ("7", "a@example.com")
+        assert user_party({"id": "u1", "name": "Ann"}) == ("u1", "Ann")
+        assert user_party(("u2", "Bob")) == ("u2", "Bob")
+        assert user_party("alice") == ("alice", "alice")
+
+    def test_anonymous_users_mean_no_actor(self) -> None:
+        assert user_party(None) is None
+        assert user_party("") is None
+        assert user_party(UnauthenticatedUser()) is None
+
+    def test_starlette_user_uses_identity(self) -> None:
+        assert user_party(SimpleUser("carol")) == ("carol", "carol")
+
+
+class TestRequestBinder:
+    def test_failing_resolver_is_logged_and_the_request_has_no_actor(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def broken(request: object) -> object:
+            raise RuntimeError("session store down")
+
+        binder: RequestBinder[object] = RequestBinder(
+            actor=broken, group=broken, trusted_proxies=()
+        )
+        with caplog.at_level(logging.ERROR, "audit_instrument"):
+            user = binder.user(object(), lambda r: None)
+            with binder.bind(object(), user, peer="192.0.2.1", forwarded_for=None,
+                             user_agent="ua"):
+                ctx = current_context()
+        assert (ctx.actor_id, ctx.group, ctx.location) == (None, None, "192.0.2.1")
+        failed = [r.getMessage() for r in caplog.records if r.exc_info]
+        assert failed == [
+            "audit_instrument: the middleware's actor resolver failed",
+            "audit_instrument: the middleware's group resolver failed",
+        ]
+
+    def test_strict_mode_raises_resolver_errors(self) -> None:
+        configure(strict=True)
+
+        def broken(request: object) -> object:
+            raise RuntimeError("session store down")
+
+        binder: RequestBinder[object] = RequestBinder(actor=broken, group=None,
+                                                      trusted_proxies=())
+        with pytest.raises(RuntimeError, match="session store down"):
+            binder.user(object(), lambda r: None)
+
+    def test_invalid_user_value_is_logged_not_raised(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        binder: RequestBinder[object] = RequestBinder(actor=None, group="org_1",
+                                                      trusted_proxies=())
+        with caplog.at_level(logging.ERROR, "audit_instrument"):
+            with binder.bind(object(), ("too", "many", "parts"), peer=None,
+                             forwarded_for=None, user_agent=None):
+                ctx = current_context()
+        assert (ctx.actor_id, ctx.group) == (None, "org_1")
+        assert "could not read an actor" in caplog.text
+
+    def test_bad_resolver_declarations_fail_at_construction(self) -> None:
+        with pytest.raises(AuditConfigError, match="actor="):
+            RequestBinder(actor="request.user", group=None, trusted_proxies=())  # type: ignore[arg-type]
+        with pytest.raises(AuditConfigError, match="group="):
+            RequestBinder(actor=None, group=42, trusted_proxies=())  # type: ignore[arg-type]
