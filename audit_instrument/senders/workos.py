@@ -1,0 +1,254 @@
+"""The WorkOS sender: events become ``POST /events`` (or ``/audit_logs/events``) requests.
+
+This module speaks HTTP only — the request for an event, its headers, and
+the server's error message. Queueing, retries, concurrency, exit and fork
+handling live in :mod:`audit_instrument.delivery` and serve any HTTP sender.
+
+>>> from audit_instrument import WorkOS, configure
+>>> workos = WorkOS("sk_1234")                   # or WorkOS() with WORKOS_API_KEY set
+>>> configure(workos)                            # every @audit / emit event goes to WorkOS
+>>> handle = workos.create_event(event)          # doctest: +SKIP  (returns at once)
+>>> handle.result(timeout=5)                     # doctest: +SKIP  (optional: wait)
+>>> workos.shutdown(timeout=5)
+0
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import replace
+from importlib import metadata
+from typing import Any, Literal
+
+import httpx
+
+from ..delivery.engine import DeliveryEngine
+from ..delivery.handle import DeliveryHandle
+from ..delivery.outbox import Outbox
+from ..delivery.retry import RetryPolicy
+from ..errors import AuditConfigError, AuditValidationError
+from ..event import AuditEvent
+
+__all__ = ["DEFAULT_BASE_URL", "WorkOS"]
+
+logger = logging.getLogger("audit_instrument")
+
+DEFAULT_BASE_URL = "https://api.workos.com"
+API_KEY_ENV = "WORKOS_API_KEY"
+_PATHS = {"events": "/events", "audit_logs": "/audit_logs/events"}
+
+
+def _library_version() -> str:
+    try:
+        return metadata.version("audit_instrument")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0"
+
+
+USER_AGENT = (f"audit_instrument/{_library_version()} (python {platform.python_version()}; "
+              f"httpx {httpx.__version__})")
+
+
+class _Secret:
+    """Holds the API key; its repr never shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("the WorkOS API key cannot be pickled")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(base_url: str) -> str:
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise AuditConfigError(f"base_url is not a URL: {base_url!r} ({exc})") from None
+    if url.scheme == "https" and url.host:
+        return base_url.rstrip("/")
+    if url.scheme == "http" and _is_loopback(url.host):
+        return base_url.rstrip("/")
+    raise AuditConfigError(
+        f"base_url must use https (plain http only for a loopback host such as 127.0.0.1), "
+        f"got {base_url!r}"
+    )
+
+
+class WorkOS:
+    """Send audit events to WorkOS in the background, with retries.
+
+    ``api_key`` defaults to the ``WORKOS_API_KEY`` environment variable.
+    ``api="events"`` speaks the seed's ``POST /events``; ``"audit_logs"`` the
+    current ``POST /audit_logs/events`` (``group`` → ``organization_id``;
+    ``actor_type`` default ``"user"``, ``target_type`` default the action's
+    category, optional schema ``version``).
+
+    Delivery options: ``timeout`` per request; ``max_in_flight`` concurrent
+    requests; ``queue_size`` events held in memory and ``when_full``
+    (``"block"`` up to ``block_timeout`` seconds, or ``"drop"``);
+    ``retry`` (:class:`~audit_instrument.delivery.RetryPolicy`) and/or
+    ``deadline`` seconds per event; ``atexit_timeout`` for the flush at exit;
+    ``outbox`` — a path (or :class:`~audit_instrument.delivery.Outbox`) to
+    make every event durable in SQLite before ``create_event`` returns.
+
+    >>> workos = WorkOS("sk_1234", api="audit_logs", outbox="audit-outbox.db")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api: Literal["events", "audit_logs"] = "events",
+        actor_type: str = "user",
+        target_type: str | None = None,
+        version: int | None = None,
+        timeout: float = 10.0,
+        max_in_flight: int = 4,
+        queue_size: int = 10_000,
+        when_full: Literal["block", "drop"] = "block",
+        block_timeout: float = 0.1,
+        retry: RetryPolicy | None = None,
+        deadline: float | None = None,
+        outbox: str | os.PathLike[str] | Outbox | None = None,
+        atexit_timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV)
+        if not api_key or not isinstance(api_key, str):
+            raise AuditConfigError(
+                f"no WorkOS API key: pass WorkOS(api_key='sk_...') or set the {API_KEY_ENV} "
+                f"environment variable"
+            )
+        if api not in _PATHS:
+            raise AuditConfigError(f"api must be 'events' or 'audit_logs', not {api!r}")
+        self._key = _Secret(api_key)
+        self.base_url = _check_base_url(base_url)
+        self.api = api
+        self.actor_type = actor_type
+        self.target_type = target_type
+        self.version = version
+        self._path = _PATHS[api]
+        retry = retry or RetryPolicy()
+        if deadline is not None:
+            retry = replace(retry, deadline=deadline)
+        if outbox is not None and not isinstance(outbox, Outbox):
+            outbox = Outbox(outbox)
+        self._engine = DeliveryEngine(
+            self, base_url=self.base_url, timeout=timeout, max_in_flight=max_in_flight,
+            queue_size=queue_size, when_full=when_full, block_timeout=block_timeout,
+            retry=retry, outbox=outbox, atexit_timeout=atexit_timeout, transport=transport,
+        )
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def engine(self) -> DeliveryEngine:
+        """The delivery engine (counters ``delivered``, ``failed``, ``dropped``)."""
+        return self._engine
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The durable outbox, when one was given."""
+        return self._engine.outbox
+
+    def create_event(self, event: AuditEvent | Mapping[str, Any]) -> DeliveryHandle:
+        """Queue ``event`` (an :class:`AuditEvent` or the seed's dict) and return at once.
+
+        A bad event raises :class:`~audit_instrument.AuditValidationError`
+        here, in the caller. Delivery problems never raise: they settle the
+        returned handle (``.result(timeout)``, ``await``, callbacks) with
+        :class:`~audit_instrument.DeliveryError` and go out on the signals.
+        """
+        if not isinstance(event, AuditEvent):
+            if not isinstance(event, Mapping):
+                raise AuditValidationError(
+                    "event", "must be an AuditEvent or a mapping like the seed's event", event)
+            event = AuditEvent.from_dict(event)
+        return self._engine.submit(event)
+
+    def send(self, event: AuditEvent) -> DeliveryHandle | None:
+        """What :func:`~audit_instrument.configure` connects: like ``create_event``, never raises."""
+        try:
+            return self._engine.submit(event)
+        except Exception:
+            logger.exception("audit_instrument: WorkOS could not queue event %s",
+                             getattr(event, "action", event))
+            return None
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` seconds for queued events; return how many are left."""
+        return self._engine.flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> int:
+        """Flush up to ``timeout`` seconds, then stop; return how many were not delivered."""
+        return self._engine.shutdown(timeout)
+
+    def __enter__(self) -> WorkOS:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(self._engine.atexit_timeout)
+
+    def __repr__(self) -> str:
+        durable = " outbox" if self._engine.outbox is not None else ""
+        return f"<WorkOS {self.base_url} api={self.api}{durable}>"
+
+    # -- the engine's Destination protocol -----------------------------------------------------
+    def body(self, event: AuditEvent) -> dict[str, Any]:
+        """The JSON object sent for ``event`` under this sender's ``api``."""
+        if self.api == "events":
+            return event.to_dict()
+        return event.to_audit_logs_dict(actor_type=self.actor_type, target_type=self.target_type,
+                                        version=self.version)
+
+    def request_parts(self, event: AuditEvent) -> tuple[str, bytes, Mapping[str, str]]:
+        """Path, JSON body and headers of the request delivering ``event``."""
+        body = json.dumps(self.body(event), ensure_ascii=False, separators=(",", ":"))
+        headers = {
+            "Authorization": "Bearer " + self._key.reveal(),
+            "Content-Type": "application/json",
+            "Idempotency-Key": event.idempotency_key,
+            "User-Agent": USER_AGENT,
+        }
+        return self._path, body.encode(), headers
+
+    def error_message(self, response: httpx.Response) -> str:
+        """WorkOS's ``message`` (and each of its ``errors``), else the start of the body."""
+        try:
+            data = response.json()
+        except ValueError:
+            return response.text[:300] or response.reason_phrase
+        if not isinstance(data, dict):
+            return str(data)[:300]
+        message = str(data.get("message") or data.get("error") or response.reason_phrase)
+        errors = data.get("errors")
+        if isinstance(errors, list) and errors:
+            details = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
+                                for e in errors[:5])
+            message = f"{message} ({details})"
+        return message[:500]
