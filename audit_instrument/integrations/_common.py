@@ -2,14 +2,16 @@
 
 Each middleware reads four things from its request — the user, the peer
 address with ``X-Forwarded-For``, the ``User-Agent`` — and hands them to a
-:class:`RequestBinder`, which turns them into one :func:`audit_actor`
-binding. Resolvers supplied by the user are called here, with their
+:class:`RequestBinder`, which turns them into one binding of the audit
+context (what ``audit_actor(...)`` would bind, built without its argument
+checks, as this runs on every request). Resolvers supplied by the user are called here, with their
 failures logged (raised in strict mode), so a broken resolver never turns a
 request into a 500.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import ipaddress
 import logging
@@ -17,10 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ..config import settings
-from ..context import AuditContext, _current, audit_actor, resolve_party
+from ..context import AuditContext, _current, resolve_party
 from ..errors import AuditConfigError
 
-__all__ = ["RequestBinder", "TrustedProxies", "user_party"]
+__all__ = ["RequestBinder", "RequestBlock", "TrustedProxies", "user_party"]
 
 logger = logging.getLogger("audit_instrument")
 
@@ -30,8 +32,13 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_address(text: str) -> _Address | None:
-    """An IP from a peer or ``X-Forwarded-For`` entry; ports and brackets removed."""
+    """An IP from a peer or ``X-Forwarded-For`` entry; ports and brackets removed.
+
+    Cached: :mod:`ipaddress` parsing costs microseconds, and the same proxies
+    and clients come back request after request.
+    """
     text = text.strip()
     if text.startswith("["):  # "[2001:db8::1]:443"
         text = text[1 : text.find("]")] if "]" in text else text
@@ -61,7 +68,7 @@ class TrustedProxies:
     '192.0.2.1'
     """
 
-    __slots__ = ("_everyone", "_networks")
+    __slots__ = ("_enabled", "_everyone", "_hop", "_networks")
 
     def __init__(self, proxies: Iterable[str] | str = ()) -> None:
         if isinstance(proxies, str):
@@ -85,16 +92,22 @@ class TrustedProxies:
                     "(e.g. '10.0.0.1', '10.0.0.0/8', '::1', or '*')"
                 ) from None
         self._networks = tuple(networks)
+        self._enabled = self._everyone or bool(self._networks)
+        self._hop = functools.lru_cache(maxsize=4096)(self._classify)
 
     def __bool__(self) -> bool:
-        return self._everyone or bool(self._networks)
+        return self._enabled
 
     def __repr__(self) -> str:
         shown = ["*"] if self._everyone else [str(n) for n in self._networks]
         return f"TrustedProxies({shown!r})"
 
-    def _trusts(self, address: _Address) -> bool:
-        return self._everyone or any(address in network for network in self._networks)
+    def _classify(self, text: str) -> tuple[str | None, bool]:
+        """``(normalised address or None, trusted?)``; cached per instance."""
+        address = _parse_address(text)
+        if address is None:
+            return None, False
+        return str(address), self._everyone or any(address in n for n in self._networks)
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client's address: the right-most hop not added by a trusted proxy.
@@ -103,19 +116,19 @@ class TrustedProxies:
         walked from the right (the hop nearest to us) past trusted proxies.
         An entry that is not an IP stops the walk at the last verified hop.
         """
-        if not forwarded_for or peer is None or not self:
+        if not forwarded_for or peer is None or not self._enabled:
             return peer
-        closest = _parse_address(peer)
-        if closest is None or not self._trusts(closest):
+        closest, trusted = self._hop(peer)
+        if closest is None or not trusted:
             return peer
         for hop in reversed(forwarded_for.split(",")):
-            address = _parse_address(hop)
+            address, trusted = self._hop(hop)
             if address is None:
                 break
             closest = address
-            if not self._trusts(address):
+            if not trusted:
                 break
-        return str(closest)
+        return closest
 
 
 def _attribute(user: object, name: str) -> object:
@@ -177,7 +190,7 @@ async def settle(label: str, value: object) -> object:
 
 
 class RequestBinder(Generic[Req]):
-    """Turns one request into the :func:`audit_actor` binding for its lifetime.
+    """Turns one request into the audit-context binding for its lifetime.
 
     ``actor`` and ``group`` are the user's resolvers, called with the
     framework's request object (ASGI scope, WSGI environ, Django request);
@@ -217,28 +230,69 @@ class RequestBinder(Generic[Req]):
         peer: str | None,
         forwarded_for: str | None,
         user_agent: str | None,
-    ) -> Any:
-        """The ``audit_actor(...)`` block for this request (enter it around the app)."""
+    ) -> RequestBlock:
+        """The block binding this request's context (enter it around the app).
+
+        Same effect as ``audit_actor(user, group=..., location=...,
+        user_agent=...)``, built directly: this runs on every request.
+        """
         try:
             party = user_party(user)
         except Exception:
             if settings.strict:
                 raise
-            logger.exception("audit_instrument: could not read an actor from %r", user)
+            logger.exception(
+                "audit_instrument: could not read an actor from a %s", type(user).__name__
+            )
             party = None
-        changes: dict[str, Any] = {
-            "location": self.proxies.client_ip(peer, forwarded_for),
-            "user_agent": user_agent,
-        }
-        if isinstance(self.group, str):
-            changes["group"] = self.group
-        elif self.group is not None:
-            group = _call("group", self.group, request)
-            if group is not None:
-                changes["group"] = str(group)
-        if party is None:
-            return audit_actor(None, **changes)
-        return audit_actor(id=party[0], name=party[1], **changes)
+        group: str | None
+        if self.group is None:
+            group = None
+        elif isinstance(self.group, str):
+            group = self.group
+        else:
+            resolved = _call("group", self.group, request)
+            group = None if resolved is None else str(resolved)
+        return RequestBlock(
+            party, group, self.proxies.client_ip(peer, forwarded_for), user_agent
+        )
+
+
+class RequestBlock:
+    """Binds one request's :class:`AuditContext`; resets it on exit, also on error.
+
+    ``group=None`` keeps the group bound outside the request, if any.
+    """
+
+    __slots__ = ("_group", "_location", "_party", "_token", "_user_agent")
+
+    def __init__(
+        self,
+        party: tuple[str, str] | None,
+        group: str | None,
+        location: str | None,
+        user_agent: str | None,
+    ) -> None:
+        self._party = party
+        self._group = group
+        self._location = location
+        self._user_agent = user_agent
+
+    def __enter__(self) -> AuditContext:
+        party = self._party
+        group = self._group
+        bound = AuditContext(
+            actor_id=party[0] if party else None,
+            actor_name=party[1] if party else None,
+            group=group if group is not None else _current.get().group,
+            location=self._location,
+            user_agent=self._user_agent,
+        )
+        self._token = _current.set(bound)
+        return bound
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
 
 
 def iterate_in(bound: AuditContext, iterable: Iterable[T]) -> Iterator[T]:
