@@ -152,8 +152,9 @@ class ChainHead:
 class Verification:
     """What :meth:`AuditStore.verify` found; true when the chain is intact.
 
-    ``bad_row`` is the number (``seq``) of the first row that fails, and
-    ``reason`` says how; ``rows`` is how many rows were checked.
+    ``bad_row`` is the number (``seq``) of the first row that fails, or
+    ``0`` when the chain head itself is missing or edited; ``reason`` says
+    how; ``rows`` is how many rows were checked.
     """
 
     rows: int
@@ -171,7 +172,8 @@ class Verification:
     def __str__(self) -> str:
         if self.ok:
             return f"intact: {self.rows} rows"
-        return f"row {self.bad_row}: {self.reason}"
+        where = "chain head" if self.bad_row == 0 else f"row {self.bad_row}"
+        return f"{where}: {self.reason}"
 
 
 class _Pending:
@@ -224,6 +226,17 @@ def _decode_cursor(cursor: str) -> tuple[str, int]:
             "cursor", "is not a cursor returned by AuditStore.query()", cursor
         )
     return occurred_at, seq
+
+
+def _read_head(conn: sqlite3.Connection, path: Path) -> tuple[int, str]:
+    """The committed chain head; AuditConfigError if someone deleted it."""
+    row = conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
+    if row is None:
+        raise AuditConfigError(
+            f"{path}: the chain head is missing (deleted behind the store's back); "
+            "run verify to see what else changed"
+        )
+    return int(row[0]), str(row[1])
 
 
 def _create_private(path: Path) -> None:
@@ -347,7 +360,7 @@ class AuditStore:
             raise AuditConfigError(
                 f"{self.path}: written by a newer audit_instrument (schema {version}); upgrade"
             )
-        conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
+        conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()  # tables exist
 
     def _check_foreign(self, conn: sqlite3.Connection) -> None:
         tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
@@ -440,7 +453,7 @@ class AuditStore:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq, previous = conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
+            seq, previous = _read_head(conn, self.path)
             execute = conn.execute
             for item in batch:
                 row = item.row
@@ -596,9 +609,7 @@ class AuditStore:
 
     def head(self) -> ChainHead:
         """The committed head of the chain: last row number and its hash."""
-        seq, digest = self._read(
-            lambda conn: conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
-        )
+        seq, digest = self._read(lambda conn: _read_head(conn, self.path))
         return ChainHead(seq, digest)
 
     def verify(self, *, progress: Callable[[int], None] | None = None) -> Verification:
@@ -625,7 +636,7 @@ class AuditStore:
     def _walk(
         conn: sqlite3.Connection, progress: Callable[[int], None] | None
     ) -> Verification:
-        head_seq, head_hash = conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
+        head = conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
         previous = GENESIS_HASH
         expected = 1
         rows = conn.execute(
@@ -662,14 +673,19 @@ class AuditStore:
             if progress is not None and seq % 10_000 == 0:
                 progress(seq)
         last = expected - 1
+        if head is None:
+            return Verification(last, 0, "missing (deleted)")
+        head_seq, head_hash = head
         if head_seq > last:
             missing = f"row {head_seq}" if head_seq == last + 1 else f"rows {last + 1}-{head_seq}"
             return Verification(last, last + 1, f"{missing} missing (cut off the end)")
-        if head_seq != last or head_hash != previous:
+        if head_seq < last:
             return Verification(
-                last, head_seq if head_seq else last,
-                "the chain head does not match the last row (edited)",
+                head_seq, head_seq + 1,
+                "added after the chain head (inserted behind the store's back)",
             )
+        if head_hash != previous:
+            return Verification(last, 0, f"hash does not match row {last} (edited)")
         if progress is not None:
             progress(last)
         return Verification(last)

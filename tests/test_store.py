@@ -414,6 +414,36 @@ def test_edited_chain_head_is_detected(db: Path) -> None:
     assert not _verify(db).ok
 
 
+def test_deleted_chain_head_is_detected_and_stops_writes(db: Path) -> None:
+    fill(db, 5)
+    raw(db, "DELETE FROM chain")
+    result = _verify(db)
+    assert (result.bad_row, str(result)) == (0, "chain head: missing (deleted)")
+    with AuditStore(db) as store:
+        with pytest.raises(AuditConfigError, match="chain head is missing"):
+            store.head()
+        with pytest.raises(DeliveryError, match="chain head is missing"):
+            store.send(make_event(9))
+
+
+def test_row_inserted_behind_the_stores_back_is_detected(db: Path) -> None:
+    fill(db, 5)
+    conn = sqlite3.connect(db, isolation_level=None)
+    previous = conn.execute("SELECT hash FROM events WHERE seq = 5").fetchone()[0]
+    event = make_event(77)
+    forged = canonical_json(event)
+    digest = hashlib.sha256((previous + forged).encode()).hexdigest()
+    conn.execute(
+        'INSERT INTO events (seq, occurred_at, action, actor_id, target_id, "group", '
+        "idempotency_key, record, hash) VALUES (6, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (json.loads(forged)["occurred_at"], event.action, event.actor_id, event.target_id,
+         event.group, event.idempotency_key, forged, digest),
+    )
+    conn.close()
+    result = _verify(db)
+    assert result.bad_row == 6 and "after the chain head" in result.reason
+
+
 def test_verify_reports_progress(db: Path) -> None:
     fill(db, 3)
     seen: list[int] = []

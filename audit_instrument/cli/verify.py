@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     if result.ok:
         print(f"{args.db}: intact, {result.rows} rows (head {head.hash[:12]})")
         return 0
-    print(f"{args.db}: NOT intact: row {result.bad_row}: {result.reason}", file=sys.stderr)
+    print(f"{args.db}: NOT intact: {result}", file=sys.stderr)
     return 1
