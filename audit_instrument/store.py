@@ -569,15 +569,21 @@ class AuditStore:
         rows: list[tuple[str, int, str, str]] = self._read(
             lambda conn: conn.execute(sql, params).fetchall()
         )
-        items = [
-            StoredEvent(seq, AuditEvent.from_dict(json.loads(record)), digest)
-            for _, seq, record, digest in rows[:limit]
-        ]
+        items = [self._load(seq, record, digest) for _, seq, record, digest in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
             next_cursor = _encode_cursor(last[0], last[1])
         return Page(items, next_cursor)
+
+    def _load(self, seq: int, record: str, digest: str) -> StoredEvent:
+        try:
+            return StoredEvent(seq, AuditEvent.from_dict(json.loads(record)), digest)
+        except (ValueError, TypeError) as error:  # AuditValidationError is a ValueError
+            raise AuditConfigError(
+                f"{self.path}: row {seq} does not hold a valid event ({error}); "
+                "run verify to check the chain"
+            ) from error
 
     def iter_events(self, *, page_size: int = 500, **filters: Any) -> Iterator[StoredEvent]:
         """Every event matching ``filters`` (as :meth:`query`), newest first, page by page."""

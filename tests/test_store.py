@@ -444,6 +444,15 @@ def test_row_inserted_behind_the_stores_back_is_detected(db: Path) -> None:
     assert result.bad_row == 6 and "after the chain head" in result.reason
 
 
+def test_unreadable_row_is_a_clear_error_on_query(db: Path) -> None:
+    fill(db, 3)
+    raw(db, "UPDATE events SET record = '{\"action\": 1}' WHERE seq = 2")
+    with AuditStore(db, readonly=True) as store:
+        with pytest.raises(AuditConfigError, match="row 2 does not hold a valid event"):
+            store.query()
+        assert store.verify().bad_row == 2
+
+
 def test_verify_reports_progress(db: Path) -> None:
     fill(db, 3)
     seen: list[int] = []
