@@ -363,8 +363,9 @@ class WorkOSServer:
             action = body.get("action") or body.get("event", {}).get("action")
             rejected = self.reject_actions.get(action)
             if rejected is not None:
-                proto.respond(rejected[0], {"message": rejected[1], "code": "invalid_audit_log",
-                                            "errors": [{"code": "rejected", "message": rejected[1]}]})
+                status, message = rejected
+                proto.respond(status, {"message": message, "code": "invalid_audit_log",
+                                       "errors": [{"code": "rejected", "message": message}]})
                 return
         if problem is not None:
             proto.respond(422, {"message": "Audit Log could not be processed due to missing or "
@@ -408,7 +409,8 @@ def _problem(path: str, body: Any) -> str | None:
     event = body.get("event")
     if "organization_id" not in body or not isinstance(event, dict):
         return "organization_id and event are required"
-    missing = [k for k in ("action", "occurred_at", "actor", "targets", "context") if k not in event]
+    required = ("action", "occurred_at", "actor", "targets", "context")
+    missing = [k for k in required if k not in event]
     return f"event is missing {missing}" if missing else None
 
 

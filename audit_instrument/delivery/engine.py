@@ -68,13 +68,14 @@ class Destination(Protocol):
 
 
 class _Item:
-    __slots__ = ("attempts", "deadline", "event", "handle", "last_error")
+    __slots__ = ("abandoned", "attempts", "deadline", "event", "handle", "last_error")
 
     def __init__(self, event: AuditEvent, handle: DeliveryHandle | None, deadline: float) -> None:
         self.event = event
         self.handle = handle
         self.deadline = deadline
         self.attempts = 0
+        self.abandoned = False  # shutdown gave up on it while its request was in flight
         self.last_error: DeliveryError | None = None
 
 
@@ -141,6 +142,7 @@ class DeliveryEngine:
         self._changed = threading.Condition(self._lock)  # flush / blocked producers wait here
         self._ready: collections.deque[_Item] = collections.deque()
         self._delayed: list[tuple[float, int, _Item]] = []
+        self._in_flight: set[_Item] = set()
         self._seq = itertools.count()
         self._pending = 0  # items held in memory: ready + delayed + in flight
         self._idle = 0
@@ -323,6 +325,15 @@ class DeliveryEngine:
             self._abandon(item, "shutdown")
         for thread in self._threads:
             thread.join(None if timeout is None else max(0.0, start + timeout - _monotonic()))
+        with self._lock:  # requests still hanging after the deadline: give up on them too
+            stranded = list(self._in_flight)
+            self._in_flight.clear()
+            for item in stranded:
+                item.abandoned = True
+            self._pending -= len(stranded)
+            self._changed.notify_all()
+        for item in stranded:
+            self._abandon(item, "shutdown")
         client = self._client
         if client is not None:
             try:
@@ -352,9 +363,13 @@ class DeliveryEngine:
                 now = _monotonic()
                 delayed = self._delayed
                 if delayed and delayed[0][0] <= now:
-                    return heapq.heappop(delayed)[2]
+                    item = heapq.heappop(delayed)[2]
+                    self._in_flight.add(item)
+                    return item
                 if self._ready:
-                    return self._ready.popleft()
+                    item = self._ready.popleft()
+                    self._in_flight.add(item)
+                    return item
                 wait = delayed[0][0] - now if delayed else None
                 if self.outbox is not None and not self._refilling:
                     if now >= self._next_refill and self._pending < self.queue_size:
@@ -397,11 +412,15 @@ class DeliveryEngine:
             path, body, headers = self.destination.request_parts(event)
             response = client.post(path, content=body, headers=dict(headers))
         except httpx.TransportError as exc:  # timeouts, refused, reset, protocol errors
+            if not self._landed(item):
+                return
             kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
             self._retry_later(item, DeliveryError(
                 f"request {kind}: {type(exc).__name__}: {exc}", retryable=True), None)
             return
-        except Exception as exc:
+        except Exception as exc:  # a bug must not kill the worker
+            if not self._landed(item):
+                return
             if self._stopping:
                 self._release(item)
                 self._abandon(item, "shutdown")
@@ -409,18 +428,26 @@ class DeliveryEngine:
             logger.exception("audit_instrument: cannot send event %s", event.action)
             self._finish_failed(item, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
             return
+        if not self._landed(item):
+            return
         status = response.status_code
         if 200 <= status < 300:
             self._finish_delivered(item)
         elif is_retryable_status(status):
-            self._retry_later(item, DeliveryError(
-                f"HTTP {status}: {self.destination.error_message(response)}",
-                status=status, retryable=True), parse_retry_after(response.headers.get("retry-after")))
+            error = DeliveryError(f"HTTP {status}: {self.destination.error_message(response)}",
+                                  status=status, retryable=True)
+            self._retry_later(item, error, parse_retry_after(response.headers.get("retry-after")))
         else:
             message = self.destination.error_message(response)
             self._finish_failed(item, DeliveryError(
                 f"rejected with HTTP {status}: {message}", status=status, retryable=False),
                 dead=True)
+
+    def _landed(self, item: _Item) -> bool:
+        """The request of ``item`` ended; ``False`` if shutdown already gave up on it."""
+        with self._lock:
+            self._in_flight.discard(item)
+        return not item.abandoned
 
     def _retry_later(self, item: _Item, error: DeliveryError, retry_after: float | None) -> None:
         item.last_error = error

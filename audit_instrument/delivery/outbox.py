@@ -274,7 +274,7 @@ class Outbox:
             try:
                 with self._db_lock:
                     self._apply(ops)
-            except Exception as exc:  # noqa: BLE001 - reported to every writer in the batch
+            except Exception as exc:
                 ticket.error = exc
                 logger.error("audit_instrument: outbox %s: commit of %d operation(s) failed: %s",
                              self.path, len(ops), exc)

@@ -192,7 +192,7 @@ class WorkOS:
         return self._engine.submit(event)
 
     def send(self, event: AuditEvent) -> DeliveryHandle | None:
-        """What :func:`~audit_instrument.configure` connects: like ``create_event``, never raises."""
+        """What :func:`~audit_instrument.configure` connects: ``create_event`` that never raises."""
         try:
             return self._engine.submit(event)
         except Exception:

@@ -1,0 +1,118 @@
+"""Fixtures and helpers shared by the WorkOS, delivery and outbox tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from workos_server import WorkOSServer
+
+from audit_instrument.delivery import RetryPolicy
+from audit_instrument.event import AuditEvent
+from audit_instrument.senders.workos import WorkOS
+
+SERVER_SCRIPT = Path(__file__).with_name("workos_server.py")
+API_KEY = "sk_test"
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=30.0)
+
+TWEET_UPDATE: dict[str, Any] = {
+    "group": "user_1", "action": "tweet.update", "action_type": "U",
+    "actor_name": "user@email.com", "actor_id": "user_1",
+    "target_name": "user@email.com", "target_id": "tweet_5", "location": "",
+    "occurred_at": "2019-05-01T01:15:55.619355Z",
+    "metadata": {"body_was": "What time is the event", "body": "What time is the event?"},
+}
+USER_LOGIN: dict[str, Any] = {
+    "group": "foo-corp.com", "action": "user.login", "action_type": "C",
+    "actor_name": "user@email.com", "actor_id": "user_1",
+    "target_name": "user@email.com", "target_id": "user_1", "location": "1.1.1.1",
+    "occurred_at": "2019-05-01T01:15:55.619355Z", "metadata": {},
+}
+
+
+def event(number: int = 0, **overrides: Any) -> AuditEvent:
+    """A valid event, distinct per ``number``."""
+    fields = {**TWEET_UPDATE, "target_id": f"tweet_{number}", "occurred_at": None}
+    fields.update(overrides)
+    return AuditEvent.from_dict({k: v for k, v in fields.items() if v is not None})
+
+
+@pytest.fixture
+def server() -> Iterator[WorkOSServer]:
+    """A WorkOS stand-in on 127.0.0.1 in a thread of this process."""
+    with WorkOSServer(api_key=API_KEY) as running:
+        yield running
+
+
+@pytest.fixture
+def make_workos(server: WorkOSServer) -> Iterator[Callable[..., WorkOS]]:
+    """Build WorkOS senders aimed at ``server``; each is shut down after the test."""
+    made: list[WorkOS] = []
+
+    def make(**kwargs: Any) -> WorkOS:
+        kwargs.setdefault("base_url", server.url)
+        kwargs.setdefault("retry", FAST)
+        sender = WorkOS(kwargs.pop("api_key", API_KEY), **kwargs)
+        made.append(sender)
+        return sender
+
+    yield make
+    for sender in made:
+        sender.shutdown(timeout=2)
+
+
+class ServerProcess:
+    """``tests/workos_server.py`` run as its own process (another core, another GIL)."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER_SCRIPT), "--port", "0", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise RuntimeError(f"test server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _call(self, path: str, payload: dict[str, Any] | None = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        with urllib.request.urlopen(self.url + path, data=data, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._call("/_stats"))
+
+    def control(self, **settings: Any) -> None:
+        self._call("/_control", settings)
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    """Start test servers in their own processes; all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        process = ServerProcess(*args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

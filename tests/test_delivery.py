@@ -1,0 +1,326 @@
+"""The delivery engine: retries, deadlines, queue policy, exit, fork, handles, soak."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from _workos_helpers import (  # noqa: F401 - fixtures
+    API_KEY,
+    FAST,
+    USER_LOGIN,
+    ServerProcess,
+    event,
+    make_workos,
+    server,
+    server_process,
+)
+from workos_server import Fault, WorkOSServer
+
+from audit_instrument import DeliveryError, signals
+from audit_instrument.delivery import RetryPolicy, parse_retry_after
+from audit_instrument.delivery.handle import DeliveryHandle
+from audit_instrument.event import AuditEvent
+from audit_instrument.senders.workos import WorkOS
+
+MakeWorkOS = Callable[..., WorkOS]
+
+
+# -- retry policy ----------------------------------------------------------------------------------
+def test_backoff_is_full_jitter_under_a_capped_exponential() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0)
+    for attempt, cap in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (60, 1.0)):
+        draws = [policy.backoff(attempt) for _ in range(300)]
+        assert all(0.0 <= d <= cap for d in draws)
+        assert max(draws) > cap * 0.7  # the whole range is used, not a fixed wait
+        assert min(draws) < cap * 0.3
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("-4") == 0.0
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
+    assert parse_retry_after(format_datetime(now, usegmt=True), now=now.timestamp() + 60) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+# -- retries over the wire -----------------------------------------------------------------------------
+def test_two_503_then_201_is_three_requests_with_one_key(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.script(503, 503)
+    handle = make_workos().create_event(USER_LOGIN)
+    handle.result(timeout=5)
+    keys = [r.idempotency_key for r in server.requests]
+    assert keys == [handle.event.idempotency_key] * 3
+    assert server.accepted_count == 1
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(), Fault.status_code(500), Fault.status_code(502),
+                                   Fault.status_code(504), Fault.status_code(408)],
+                         ids=["reset", "500", "502", "504", "408"])
+def test_transient_failures_are_retried(
+    server: WorkOSServer, make_workos: MakeWorkOS, fault: Fault
+) -> None:
+    server.script(fault)
+    make_workos().create_event(USER_LOGIN).result(timeout=5)
+    assert server.request_count == 2 and server.accepted_count == 1
+
+
+def test_timeouts_are_retried(server: WorkOSServer, make_workos: MakeWorkOS) -> None:
+    server.script(Fault.slow(2.0))  # answers after the client gave up
+    handle = make_workos(timeout=0.2).create_event(USER_LOGIN)
+    handle.result(timeout=5)
+    assert len(server.requests_for(handle.event.idempotency_key)) == 2
+
+
+def test_429_retry_after_is_respected(server: WorkOSServer, make_workos: MakeWorkOS) -> None:
+    server.script(Fault.rate_limited("1"))
+    handle = make_workos().create_event(USER_LOGIN)  # FAST backoff would be <= 10 ms
+    handle.result(timeout=5)
+    first, second = server.requests
+    assert second.at - first.at >= 0.9
+
+
+def test_deadline_expiry_fails_the_event_and_signals(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.script(*[503] * 1000)
+    failed: list[tuple[AuditEvent, Any]] = []
+    signals.event_failed.connect(lambda e, **kw: failed.append((e, kw["error"])), weak=False)
+    workos = make_workos(deadline=0.3)
+    handle = workos.create_event(USER_LOGIN)
+    error = handle.exception(timeout=5)
+    assert isinstance(error, DeliveryError) and error.retryable and error.status == 503
+    assert "deadline" in str(error)
+    assert failed == [(handle.event, error)]
+    assert server.request_count >= 2
+    assert workos.engine.failed == 1
+
+
+# -- queue policy ------------------------------------------------------------------------------------
+def test_full_queue_drops_and_counts(server: WorkOSServer, make_workos: MakeWorkOS) -> None:
+    server.hang_all = True
+    dropped: list[str] = []
+    signals.event_dropped.connect(lambda e, **kw: dropped.append(kw["reason"]), weak=False)
+    workos = make_workos(queue_size=2, max_in_flight=1, when_full="drop", timeout=30)
+    first, second = workos.create_event(event(1)), workos.create_event(event(2))
+    third = workos.create_event(event(3))
+    error = third.exception(timeout=0)
+    assert isinstance(error, DeliveryError) and "queue full" in str(error)
+    assert not first.done() and not second.done()
+    assert dropped == ["queue full"] and workos.engine.dropped == 1
+    workos.shutdown(0.1)
+
+
+def test_full_queue_blocks_for_room_then_drops(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.hang_all = True
+    workos = make_workos(queue_size=1, max_in_flight=1, when_full="block", block_timeout=0.2,
+                         timeout=30)
+    workos.create_event(event(1))
+    started = time.monotonic()
+    late = workos.create_event(event(2))
+    assert time.monotonic() - started >= 0.18  # it waited for room ...
+    assert isinstance(late.exception(0), DeliveryError)  # ... and then dropped
+    workos.shutdown(0.1)
+
+
+def test_blocked_producer_gets_room_when_an_event_completes(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.script(Fault.slow(0.1))
+    workos = make_workos(queue_size=1, max_in_flight=1, when_full="block", block_timeout=5)
+    workos.create_event(event(1))
+    workos.create_event(event(2)).result(timeout=5)  # would drop if blocking gave up
+    assert server.accepted_count == 2
+
+
+# -- flush, shutdown, interruptible backoff --------------------------------------------------------------
+def test_flush_and_shutdown_honour_deadlines_on_a_server_that_never_answers(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.hang_all = True
+    dropped: list[str] = []
+    signals.event_dropped.connect(lambda e, **kw: dropped.append(kw["reason"]), weak=False)
+    workos = make_workos(timeout=60, max_in_flight=1)
+    handles = [workos.create_event(event(n)) for n in range(3)]
+    server.wait_for_requests(1)
+    started = time.monotonic()
+    assert workos.flush(0.3) == 3
+    assert 0.25 <= time.monotonic() - started < 2
+    started = time.monotonic()
+    assert workos.shutdown(0.3) == 3
+    assert time.monotonic() - started < 2
+    assert all(isinstance(h.exception(5), DeliveryError) for h in handles)
+    assert dropped.count("shutdown") == 3
+
+
+def test_shutdown_interrupts_a_backoff_wait(server: WorkOSServer, make_workos: MakeWorkOS) -> None:
+    server.script(Fault.rate_limited("60"))
+    workos = make_workos(deadline=120)  # the 60 s wait fits in the deadline: it will wait
+    handle = workos.create_event(USER_LOGIN)
+    server.wait_for_requests(1)
+    started = time.monotonic()
+    assert workos.shutdown(0.2) == 1
+    assert time.monotonic() - started < 2
+    error = handle.exception(1)
+    assert isinstance(error, DeliveryError) and "shutdown" in str(error)
+    assert server.request_count == 1
+
+
+# -- handles ---------------------------------------------------------------------------------------------
+def test_handle_result_timeout_and_callbacks(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.script(Fault.slow(0.3))
+    handle = make_workos().create_event(USER_LOGIN)
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.01)
+    called: list[DeliveryHandle] = []
+    handle.add_done_callback(called.append)
+    handle.add_done_callback(lambda h: 1 / 0)  # logged, doesn't stop the others
+    assert handle.result(timeout=5) is handle.event
+    assert called == [handle]
+    late: list[DeliveryHandle] = []
+    handle.add_done_callback(late.append)  # already settled: called at once
+    assert late == [handle]
+
+
+async def test_await_in_asyncio_does_not_block_the_loop(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.script(Fault.slow(0.2))
+    workos = make_workos()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    accepted = await workos.create_event(USER_LOGIN)
+    task.cancel()
+    assert accepted.action == "user.login"
+    assert ticks >= 5  # the loop kept running while we waited
+    server.script(400)
+    with pytest.raises(DeliveryError):
+        await workos.create_event(USER_LOGIN)
+
+
+# -- fork and exit ------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_delivers_with_its_own_thread_and_client(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    workos = make_workos()
+    workos.create_event(event(0)).result(timeout=5)  # parent's threads and client are running
+    read_end, write_end = os.pipe()
+    child_event = event(1)
+    pid = os.fork()
+    if pid == 0:  # the child: deliver through the inherited sender, report, leave at once
+        code = 1
+        try:
+            os.close(read_end)
+            assert workos.engine._threads == []  # the fork hook reset it
+            workos.create_event(child_event).result(timeout=5)
+            code = 0 if workos.engine._pid == os.getpid() else 3
+        finally:
+            os.write(write_end, str(code).encode())
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    report = os.read(read_end, 10)
+    os.close(read_end)
+    assert report == b"0" and os.waitstatus_to_exitcode(status) == 0
+    assert child_event.idempotency_key in server.accepted
+    workos.create_event(event(2)).result(timeout=5)  # the parent is unaffected
+    assert server.accepted_count == 3
+
+
+def test_pid_check_rebuilds_state_when_fork_hooks_were_skipped(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    workos = make_workos()
+    workos.create_event(event(0)).result(timeout=5)
+    engine = workos.engine
+    old_threads = engine._threads
+    engine._pid = -1  # as if we were in a child that skipped os.register_at_fork
+    workos.create_event(event(1)).result(timeout=5)
+    assert engine._pid == os.getpid() and engine._threads and engine._threads is not old_threads
+    for thread in old_threads:  # the "parent's" threads are still the parent's business
+        assert thread.is_alive()
+    engine_threads = engine._threads
+    workos.shutdown(2)
+    assert not any(t.is_alive() for t in engine_threads)
+
+
+_EXIT_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    from audit_instrument import AuditEvent, configure, emit
+    from audit_instrument.senders.workos import WorkOS
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    url, count, atexit_timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    configure(WorkOS("sk_test", base_url=url, atexit_timeout=atexit_timeout, timeout=30))
+    for n in range(count):
+        emit(AuditEvent(group="org_1", action="user.login", action_type="C",
+                        actor_name="a@b.c", actor_id="user_1", target_name="t",
+                        target_id=f"t{n}"))
+    # no flush: the atexit hook must deliver
+""")
+
+
+def test_exit_flush_delivers_events_emitted_right_before_exit(server: WorkOSServer) -> None:
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, server.url, "50", "10"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert server.accepted_count == 50
+    assert "not delivered" not in done.stderr
+
+
+def test_exit_flush_is_bounded_and_says_how_many_were_lost(server: WorkOSServer) -> None:
+    server.hang_all = True
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, server.url, "7", "0.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 15
+    assert done.returncode == 0
+    assert "7 event(s) not delivered" in done.stderr
+
+
+# -- soak ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_soak_10k_events_against_30_percent_random_faults(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    """10 000 events, 30 % of requests failing (5xx, 429, resets): all accepted exactly once."""
+    remote = server_process("--fault-rate", "0.3", "--seed", "7")
+    workos = WorkOS(API_KEY, base_url=remote.url, retry=FAST, max_in_flight=4)
+    failed: list[object] = []
+    signals.event_failed.connect(lambda e, **kw: failed.append(kw["error"]), weak=False)
+    try:
+        handles = [workos.create_event(event(n)) for n in range(10_000)]
+        assert workos.flush(120) == 0
+    finally:
+        workos.shutdown(5)
+    assert failed == []
+    assert all(h.delivered for h in handles)
+    stats = remote.stats()
+    assert stats["accepted"] == 10_000
+    assert stats["requests"] > 12_000  # the faults really happened
