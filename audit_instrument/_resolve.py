@@ -4,44 +4,74 @@
 name (``"tweet"``, or ``"result"`` for the return value) or a callable whose
 parameters are named after the decorated function's (plus ``result``). The
 declaration is checked against the function's signature when the decorator
-is applied, so a typo fails at import time.
+is applied, so a typo fails at import time. Each declaration compiles to a
+small closure ``(bound_arguments, result) -> value`` for the hot path.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from .errors import AuditValidationError
 
 RESULT = "result"
-_VAR = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+ResolverFn = Callable[[dict[str, Any], Any], Any]
+_P = inspect.Parameter
+_VAR = (_P.VAR_POSITIONAL, _P.VAR_KEYWORD)
 
 
 class Binder:
     """Maps ``(instance, args, kwargs)`` of a call to ``{parameter: value}``.
 
-    The common case (no ``*args``/``**kwargs`` in the signature) avoids
-    :meth:`inspect.Signature.bind`, which costs several microseconds.
+    The common case (no ``*args``/``**kwargs``/positional-only parameters)
+    avoids :meth:`inspect.Signature.bind`, which costs several microseconds.
+    ``takes_instance`` is ``None`` for plain functions: wrapt tells per call
+    whether it was bound as a method.
     """
 
-    __slots__ = ("defaults", "names", "signature", "simple", "takes_instance")
+    __slots__ = (
+        "bind",
+        "defaults",
+        "names",
+        "open_keywords",
+        "signature",
+        "simple",
+        "takes_instance",
+    )
 
     def __init__(self, fn: Callable[..., Any], takes_instance: bool | None) -> None:
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
         self.names = tuple(p.name for p in params if p.kind not in _VAR)
-        self.simple = not any(p.kind in _VAR for p in params) and not any(
-            p.kind is inspect.Parameter.POSITIONAL_ONLY for p in params
-        )
-        self.defaults = tuple(
-            (p.name, p.default) for p in params if p.default is not inspect.Parameter.empty
-        )
-        # None: decided per call (a plain function may be bound as a method)
+        self.simple = all(p.kind not in (*_VAR, _P.POSITIONAL_ONLY) for p in params)
+        self.open_keywords = any(p.kind is _P.VAR_KEYWORD for p in params)
+        self.defaults = tuple((p.name, p.default) for p in params if p.default is not _P.empty)
         self.takes_instance = takes_instance
+        self.bind: Callable[[object, tuple[Any, ...], dict[str, Any]], dict[str, Any]]
+        if self.simple and not self.defaults:
+            names = self.names
+            shift = takes_instance is not False and bool(names)
 
-    def bind(self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            def bind_positional(
+                instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> dict[str, Any]:
+                if shift and instance is not None:
+                    args = (instance, *args)
+                bound = dict(zip(names, args))
+                if kwargs:
+                    bound.update(kwargs)
+                return bound
+
+            self.bind = bind_positional
+        else:
+            self.bind = self._bind
+
+    def _bind(
+        self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults filled in."""
         if instance is not None and self.takes_instance is not False and self.names:
             args = (instance, *args)
         if self.simple:
@@ -56,94 +86,75 @@ class Binder:
         ba.apply_defaults()
         out: dict[str, Any] = {}
         for name, value in ba.arguments.items():
-            kind = self.signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
+            if self.signature.parameters[name].kind is _P.VAR_KEYWORD:
                 out.update(value)
             else:
                 out[name] = value
         return out
 
-    @property
-    def available(self) -> frozenset[str]:
-        params = self.signature.parameters.values()
-        names = {p.name for p in params}
-        return frozenset(names)
 
-    @property
-    def open_keywords(self) -> bool:
-        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in self.signature.parameters.values())
+def _has(binder: Binder, name: str, result_allowed: bool) -> bool:
+    return name in binder.names or binder.open_keywords or (result_allowed and name == RESULT)
 
 
-class Resolver:
-    """One ``target=`` / ``actor=`` / ``metadata=`` / ``snapshot=`` declaration."""
+def _available(binder: Binder, result_allowed: bool) -> str:
+    return ", ".join(binder.names + ((RESULT,) if result_allowed else ()))
 
-    __slots__ = ("fn", "label", "name", "pass_all", "required", "takes", "wants_result")
 
-    def __init__(self, label: str, spec: str | Callable[..., Any]) -> None:
-        self.label = label
-        self.name: str | None = None
-        self.fn: Callable[..., Any] | None = None
-        self.takes: tuple[str, ...] = ()
-        self.required: tuple[str, ...] = ()
-        self.pass_all = False
-        if isinstance(spec, str):
-            if not spec.isidentifier():
-                raise AuditValidationError(label, "a parameter name must be an identifier", spec)
-            self.name = spec
-            self.wants_result = spec == RESULT
-            return
-        if not callable(spec):
+def make_resolver(label: str, spec: object, binder: Binder, *, result_allowed: bool) -> ResolverFn:
+    """Compile a declaration into ``(bound, result) -> value``, checking it now.
+
+    ``spec`` is a parameter name, a callable over parameters by name, or any
+    other value (returned as it is).
+    """
+    if isinstance(spec, str):
+        if not _has(binder, spec, result_allowed):
             raise AuditValidationError(
-                label, "must be a parameter name or a callable over the call's arguments", spec
+                label,
+                f"names no parameter of the function (has: {_available(binder, result_allowed)})",
+                spec,
             )
-        self.fn = spec
-        try:
-            params = inspect.signature(spec).parameters.values()
-        except (TypeError, ValueError):
-            params = ()  # builtins without a signature: pass everything
-            self.pass_all = True
-        self.takes = tuple(p.name for p in params if p.kind not in _VAR)
-        self.pass_all = self.pass_all or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params
+        if spec == RESULT and RESULT not in binder.names:
+            return lambda bound, result: result
+        return lambda bound, result: bound.get(spec)
+    if not callable(spec):
+        return lambda bound, result: spec
+    fn: Callable[..., Any] = spec
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: give it everything
+        params = [inspect.Parameter("kwargs", _P.VAR_KEYWORD)]
+    takes = tuple(p.name for p in params if p.kind not in _VAR)
+    missing = [
+        p.name
+        for p in params
+        if p.kind not in _VAR and p.default is _P.empty and not _has(binder, p.name, result_allowed)
+    ]
+    if missing:
+        raise AuditValidationError(
+            label,
+            f"the callable asks for {missing}, which the function does not have "
+            f"(has: {_available(binder, result_allowed)})",
         )
-        self.required = tuple(
-            p.name
-            for p in params
-            if p.kind not in _VAR and p.default is inspect.Parameter.empty
-        )
-        self.wants_result = self.pass_all or RESULT in self.takes
+    wants_result = result_allowed and RESULT not in binder.names
+    if any(p.kind is _P.VAR_KEYWORD for p in params):
+        if wants_result:
 
-    def check(self, binder: Binder, *, result_allowed: bool) -> None:
-        """Fail at decoration time if this resolver asks for what the call lacks."""
-        available = set(binder.available)
-        if result_allowed:
-            available.add(RESULT)
-        if self.name is not None:
-            if self.name not in available and not binder.open_keywords:
-                raise AuditValidationError(
-                    self.label,
-                    f"names no parameter of the function (has: {', '.join(sorted(available))})",
-                    self.name,
-                )
-            return
-        missing = [n for n in self.required if n not in available]
-        if missing and not binder.open_keywords:
-            raise AuditValidationError(
-                self.label,
-                f"callable asks for {missing} that the function does not have "
-                f"(has: {', '.join(sorted(available))}); add **_ to ignore the rest",
-            )
+            def pass_all(bound: dict[str, Any], result: Any) -> Any:
+                return fn(**bound, result=result)
 
-    def __call__(self, bound: Mapping[str, Any], result: Any = None, *, done: bool = False) -> Any:
-        if self.name is not None:
-            if self.name == RESULT and done and RESULT not in bound:
-                return result
-            return bound.get(self.name)
-        assert self.fn is not None
-        if self.pass_all:
-            kwargs = dict(bound)
-        else:
-            kwargs = {n: bound[n] for n in self.takes if n in bound}
-        if done and self.wants_result and RESULT not in bound:
+            return pass_all
+        return lambda bound, result: fn(**bound)
+    if len(params) == 1 and params[0].kind is _P.POSITIONAL_OR_KEYWORD and takes[0] in binder.names:
+        only = takes[0]
+        return lambda bound, result: fn(bound[only])
+    gives_result = wants_result and RESULT in takes
+    names = tuple(n for n in takes if n != RESULT or not gives_result)
+
+    def by_name(bound: dict[str, Any], result: Any) -> Any:
+        kwargs = {n: bound[n] for n in names if n in bound}
+        if gives_result:
             kwargs[RESULT] = result
-        return self.fn(**kwargs)
+        return fn(**kwargs)
+
+    return by_name

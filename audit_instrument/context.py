@@ -67,6 +67,9 @@ def resolve_party(value: object, what: str = "actor") -> tuple[str, str] | None:
     """
     if value is None:
         return None
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is str and value[0]:
+        ident, name = value
+        return ident, name if type(name) is str and name else ident
     if isinstance(value, tuple):
         if len(value) != 2:
             raise AuditValidationError(what, "a tuple must be (id, name)", value)
@@ -80,8 +83,10 @@ def resolve_party(value: object, what: str = "actor") -> tuple[str, str] | None:
         if isinstance(value, Mapping):
             get = value.get
         else:
+
             def get(key: str) -> Any:
                 return getattr(value, key, None)
+
         ident = get("id")
         name = None
         for attribute in _NAME_ATTRIBUTES:

@@ -48,9 +48,7 @@ class DeliveryError(AuditError):
     deadlines), ``retryable`` whether another attempt could have succeeded.
     """
 
-    def __init__(
-        self, message: str, *, status: int | None = None, retryable: bool = False
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable

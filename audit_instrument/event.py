@@ -10,14 +10,17 @@ that exists is one the server will accept. Its JSON is the one of
 from __future__ import annotations
 
 import enum
+import itertools
 import math
+import os
 import random
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 from .errors import AuditValidationError
 
@@ -32,9 +35,9 @@ __all__ = [
     "validate_metadata",
 ]
 
-Primitive = Union[str, bool, int, float, datetime]
+Primitive = str | bool | int | float | datetime
 """A value metadata may hold directly."""
-MetadataValue = Union[Primitive, Mapping[str, Primitive]]
+MetadataValue = Primitive | Mapping[str, Primitive]
 """A metadata value: a primitive, or a one-level map of primitives."""
 
 MAX_METADATA_KEYS = 50
@@ -43,8 +46,7 @@ MAX_STRING_LENGTH = 500
 
 _ACTION = re.compile(r"[^\s.]+(?:\.[^\s.]+)+")
 _STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-_UTC = timezone.utc
-_getrandbits = random.getrandbits
+_UTC = UTC
 _SEED_KEYS = (
     "group",
     "action",
@@ -61,6 +63,10 @@ _EXTRA_KEYS = ("user_agent", "idempotency_key")
 _REQUIRED_STRINGS = ("group", "actor_name", "actor_id", "target_name", "target_id")
 
 
+_NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+_now = datetime.now
+
+
 class ActionType(enum.StrEnum):
     """What an event did to its target: Create, Read, Update or Delete."""
 
@@ -74,15 +80,48 @@ _ACTION_TYPES: dict[object, ActionType] = {t.value: t for t in ActionType}
 _ACTION_TYPES.update({t: t for t in ActionType})
 
 
-def new_idempotency_key() -> str:
-    """A random UUID4 string, ~4x cheaper than ``str(uuid.uuid4())``.
+_KEY_BATCH = 256
 
-    The key only has to be unique (122 random bits), not secret: whoever can
-    send events for this account needs the API key anyway.
+
+def _new_key_prefix() -> None:
+    global _key_prefix, _key_blocks
+    _key_prefix = str(uuid.uuid4())[:24]
+    _key_blocks = itertools.count(random.getrandbits(24))  # 2**40 - 2**24 batches to wrap
+    _key_pool.clear()
+
+
+_KEY_SUFFIXES = tuple(f"{n:02x}" for n in reversed(range(_KEY_BATCH)))
+
+
+def _refill_keys() -> str:
+    # each batch owns a block number: 10 hex digits of block, 2 of position
+    head = _key_prefix + "%010x" % next(_key_blocks)  # noqa: UP031
+    _key_pool.extend([head + suffix for suffix in _KEY_SUFFIXES])
+    return _key_pool.pop()
+
+
+_key_pool: list[str] = []
+_key_prefix = ""
+_key_blocks: itertools.count[int] = itertools.count()
+_new_key_prefix()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_key_prefix)
+
+
+def new_idempotency_key() -> str:
+    """A fresh UUID4-formatted key, unique to one event, for ever.
+
+    The first 74 random bits come from a ``uuid4()`` drawn once per process
+    (again in a forked child), the last 48 bits number the process's events
+    from a random starting block: as unique as ``uuid4()`` per event and
+    several times cheaper (keys are made in batches), which matters on the
+    ``@audit`` hot path. Keys only have to be unique, not secret: sending an
+    event needs the API key anyway.
     """
-    n = _getrandbits(128) & ~(0xF << 76 | 0xC << 60) | (0x4 << 76 | 0x8 << 60)
-    h = "%032x" % n
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    try:
+        return _key_pool.pop()
+    except IndexError:
+        return _refill_keys()
 
 
 def format_timestamp(value: datetime, *, milliseconds: bool = False) -> str:
@@ -147,7 +186,8 @@ def _check_primitive(where: str, value: object) -> Primitive:
     if kind is str:
         if len(value) > MAX_STRING_LENGTH:  # type: ignore[arg-type]
             raise AuditValidationError(
-                where, f"strings are at most {MAX_STRING_LENGTH} characters (got {len(value)})"  # type: ignore[arg-type]
+                where,
+                f"strings are at most {MAX_STRING_LENGTH} characters (got {len(value)})",  # type: ignore[arg-type]
             )
         return value  # type: ignore[return-value]
     if kind is bool or kind is int:
@@ -178,18 +218,14 @@ def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, Me
     if not isinstance(metadata, Mapping):
         raise AuditValidationError(where, "must be a mapping of str to values", metadata)
     if len(metadata) > MAX_METADATA_KEYS:
-        raise AuditValidationError(
-            where, f"at most {MAX_METADATA_KEYS} keys (got {len(metadata)})"
-        )
+        raise AuditValidationError(where, f"at most {MAX_METADATA_KEYS} keys (got {len(metadata)})")
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         _check_key(where, key)
         if isinstance(value, Mapping):
             if where != "metadata":
-                raise AuditValidationError(
-                    f"{where}.{key}", "maps may be nested one level only"
-                )
-            out[key] = validate_metadata(value, f"metadata.{key}")
+                raise AuditValidationError(f"{where}.{key}", "maps may be nested one level only")
+            out[key] = validate_metadata(value, f"metadata.{key}")  # type: ignore[assignment]
         else:
             out[key] = _check_primitive(f"{where}.{key}", value)
     return out
@@ -353,7 +389,9 @@ class AuditEvent:
         unknown = set(data) - set(_SEED_KEYS) - set(_EXTRA_KEYS)
         if unknown:
             raise AuditValidationError(
-                "event", f"unknown keys {sorted(map(str, unknown))}; allowed: {', '.join(_SEED_KEYS + _EXTRA_KEYS)}"
+                "event",
+                f"unknown keys {sorted(map(str, unknown))}; "
+                f"allowed: {', '.join(_SEED_KEYS + _EXTRA_KEYS)}",
             )
         missing = [k for k in _SEED_KEYS[:7] if k not in data]
         if missing:
@@ -363,3 +401,70 @@ class AuditEvent:
         if isinstance(metadata, Mapping):
             kwargs["metadata"] = _metadata_from_json(metadata)
         return cls(**kwargs)
+
+
+class _Draft:
+    """A mutable twin of :class:`AuditEvent` (same slots) used by ``_build_event``."""
+
+    __slots__ = AuditEvent.__slots__
+    group: str
+    action: str
+    action_type: ActionType
+    actor_name: str
+    actor_id: str
+    target_name: str
+    target_id: str
+    location: str
+    occurred_at: datetime
+    metadata: Mapping[str, MetadataValue]
+    user_agent: str
+    idempotency_key: str
+
+
+def _build_event(
+    group: str,
+    action: str,
+    action_type: ActionType,
+    actor_name: str,
+    actor_id: str,
+    target_name: str,
+    target_id: str,
+    location: str,
+    occurred_at: datetime | None,
+    metadata: dict[str, Any],
+    user_agent: str,
+) -> AuditEvent:
+    """Build an event from parts ``@audit`` already checked.
+
+    The action and action type were validated at decoration time, actor and
+    target by :func:`~audit_instrument.context.resolve_party`; group,
+    location, time and metadata are still validated here. About a third of
+    the cost of the public constructor: this is the ``@audit`` hot path.
+    """
+    if type(group) is not str or not group:
+        raise AuditValidationError("group", "required: a non-empty string", group)
+    if type(location) is not str:
+        raise AuditValidationError("location", "must be a string", location)
+    draft = _Draft()
+    draft.occurred_at = (
+        _now(_UTC)
+        if occurred_at is None
+        else occurred_at
+        if type(occurred_at) is datetime and occurred_at.tzinfo is _UTC
+        else _parse_timestamp("occurred_at", occurred_at)
+    )
+    draft.group = group
+    draft.action = action
+    draft.action_type = action_type
+    draft.actor_name = actor_name
+    draft.actor_id = actor_id
+    draft.target_name = target_name
+    draft.target_id = target_id
+    draft.location = location
+    draft.metadata = _freeze(validate_metadata(metadata)) if metadata else _NO_METADATA
+    draft.user_agent = user_agent
+    draft.idempotency_key = _key_pool.pop() if _key_pool else _refill_keys()
+    # Same slots, same layout: the finished draft becomes the frozen event,
+    # ~4x cheaper than the twelve object.__setattr__ calls of __init__.
+    draft.__class__ = AuditEvent  # type: ignore[assignment]
+    return draft  # type: ignore[return-value]

@@ -19,16 +19,23 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar
 
 import wrapt
 
 from . import signals
-from ._resolve import Binder, Resolver
+from ._resolve import RESULT, Binder, ResolverFn, make_resolver
 from .config import MASKED, settings
 from .context import _current, resolve_party
 from .errors import AuditError, AuditValidationError
-from .event import ActionType, AuditEvent, MetadataValue, validate_action, validate_action_type
+from .event import (
+    ActionType,
+    AuditEvent,
+    MetadataValue,
+    _build_event,
+    validate_action,
+    validate_action_type,
+)
 from .snapshot import Snapshot, capture, check_fields, diff, to_metadata_value
 
 __all__ = ["AuditBuilder", "audit"]
@@ -62,9 +69,7 @@ def _mask(metadata: dict[str, Any]) -> dict[str, Any]:
         if settings.is_masked(key):
             metadata[key] = MASKED
         elif isinstance(value, Mapping):
-            metadata[key] = {
-                k: MASKED if settings.is_masked(k) else v for k, v in value.items()
-            }
+            metadata[key] = {k: MASKED if settings.is_masked(k) else v for k, v in value.items()}
     return metadata
 
 
@@ -137,8 +142,8 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
     """
 
     __slots__ = (
-        "_builder",
         "_before",
+        "_builder",
         "action",
         "action_type",
         "actor",
@@ -224,34 +229,28 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
             location = ctx.location or ""
         if metadata and settings.mask:
             _mask(metadata)
-        return AuditEvent(
-            group=group,  # type: ignore[arg-type]
-            action=self.action,
-            action_type=self.action_type,
-            actor_name=party[1],
-            actor_id=party[0],
-            target_name=aimed[1],
-            target_id=aimed[0],
-            location=location,
-            occurred_at=occurred_at,  # type: ignore[arg-type]
-            metadata=metadata,
-            user_agent=ctx.user_agent or "",
+        return _build_event(
+            group,  # type: ignore[arg-type]
+            self.action,
+            self.action_type,
+            party[1],
+            party[0],
+            aimed[1],
+            aimed[0],
+            location,
+            occurred_at,
+            metadata,
+            ctx.user_agent or "",
         )
 
     # -- decorator -------------------------------------------------------
 
-    @overload
-    def __call__(self, fn: F) -> F: ...
-    @overload
-    def __call__(self, fn: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]: ...
-    @overload
-    def __call__(self, fn: staticmethod[Any, Any]) -> staticmethod[Any, Any]: ...
-    def __call__(self, fn: Any) -> Any:
+    def __call__(self, fn: F) -> F:
         """Decorate ``fn``; the declaration is checked against its signature now."""
         plan = _Plan(self, fn)
         if plan.is_async:
-            return wrapt.FunctionWrapper(fn, plan.async_wrapper)
-        return wrapt.FunctionWrapper(fn, plan.sync_wrapper)
+            return wrapt.FunctionWrapper(fn, plan.async_wrapper)  # type: ignore[return-value]
+        return wrapt.FunctionWrapper(fn, plan.sync_wrapper)  # type: ignore[return-value]
 
     # -- context manager ---------------------------------------------------
 
@@ -270,7 +269,7 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         if self.snapshot is not None and _receivers.receivers:
             try:
                 self._before = capture(self.snapshot(), self.fields)
-            except Exception as error:  # noqa: BLE001 - reported, never breaks the block
+            except Exception as error:
                 _report(self.action, error)
                 self._builder.skip()
         return self._builder
@@ -330,17 +329,24 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         self.__exit__(exc_type, exc, tb)
 
 
+def _no_arguments(
+    instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    return {}
+
+
 class _Plan:
     """What one decorated function needs per call, worked out once."""
 
     __slots__ = (
         "actor",
+        "bind",
         "binder",
         "decl",
+        "emit_on_error",
         "group",
         "is_async",
         "metadata",
-        "needs_args",
         "snapshot",
         "target",
     )
@@ -356,62 +362,59 @@ class _Plan:
         if not callable(inner):
             raise TypeError(f"@audit decorates functions and methods, not {type(fn).__name__}")
         self.is_async = inspect.iscoroutinefunction(inner)
-        self.binder = Binder(inner, takes_instance)
+        self.emit_on_error = decl.on_error == "emit"
+        binder = self.binder = Binder(inner, takes_instance)
         self.target = self._resolver("target", decl.target)
         self.actor = self._resolver("actor", decl.actor)
         self.group = self._resolver("group", decl.group)
         metadata = decl.metadata
         if isinstance(metadata, (list, tuple)):
-            names = tuple(metadata)
-            for name in names:
-                Resolver("metadata", name).check(self.binder, result_allowed=True)
-            metadata = lambda **kw: {n: kw.get(n) for n in names}  # noqa: E731
+            getters = [
+                (name, make_resolver("metadata", name, binder, result_allowed=True))
+                for name in metadata
+            ]
+            metadata = lambda **kw: {n: get(kw, kw.get(RESULT)) for n, get in getters}  # noqa: E731
         self.metadata = self._resolver("metadata", metadata)
-        self.snapshot: Resolver | None = None
-        if decl.snapshot is not None:
-            self.snapshot = Resolver("snapshot", decl.snapshot)
-            self.snapshot.check(self.binder, result_allowed=False)
-        self.needs_args = any(
-            r is not None for r in (self.target, self.actor, self.group, self.metadata, self.snapshot)
+        self.snapshot = (
+            make_resolver("snapshot", decl.snapshot, binder, result_allowed=False)
+            if decl.snapshot is not None
+            else None
         )
+        needs_args = any(
+            r is not None
+            for r in (self.target, self.actor, self.group, self.metadata, self.snapshot)
+        )
+        self.bind = binder.bind if needs_args else _no_arguments
 
-    def _resolver(self, label: str, spec: object) -> Resolver | None:
+    def _resolver(self, label: str, spec: object) -> ResolverFn | None:
         if spec is None:
             return None
-        if isinstance(spec, str) or callable(spec):
-            resolver = Resolver(label, spec)  # type: ignore[arg-type]
-            resolver.check(self.binder, result_allowed=True)
-            return resolver
-        return _Constant(label, spec)
+        return make_resolver(label, spec, self.binder, result_allowed=True)
 
-    def before(self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], Snapshot] | None:
-        try:
-            bound = self.binder.bind(instance, args, kwargs) if self.needs_args else {}
-            before = capture(self.snapshot(bound), self.decl.fields) if self.snapshot else _NO_SNAPSHOT
-        except Exception as error:
-            _report(self.decl.action, error)
-            return None
-        return bound, before
+    def take_snapshot(self, bound: dict[str, Any]) -> Snapshot:
+        """Read the declared fields of what ``snapshot=`` returns, now."""
+        assert self.snapshot is not None
+        return capture(self.snapshot(bound, None), self.decl.fields)
 
-    def finish(self, state: tuple[dict[str, Any], Snapshot], result: Any, exc: BaseException | None) -> None:
+    def finish(
+        self, bound: dict[str, Any], before: Snapshot, result: Any, exc: BaseException | None
+    ) -> None:
+        """Build the event from the call and emit it; report what goes wrong."""
         decl = self.decl
-        bound, before = state
         try:
             metadata = (
-                _metadata_from("metadata", self.metadata(bound, result, done=True))
-                if self.metadata
-                else {}
+                _metadata_from("metadata", self.metadata(bound, result)) if self.metadata else {}
             )
             if self.snapshot is not None:
-                after = capture(self.snapshot(bound), decl.fields)
+                after = capture(self.snapshot(bound, None), decl.fields)
                 metadata.update(diff(before, after, include_unchanged=decl.include_unchanged))
             if exc is not None:
                 metadata["outcome"] = "failure"
                 metadata["error"] = type(exc).__qualname__
             event = decl._event(
-                self.target(bound, result, done=True) if self.target else None,
-                self.actor(bound, result, done=True) if self.actor else None,
-                self.group(bound, result, done=True) if self.group else None,
+                self.target(bound, result) if self.target else None,
+                self.actor(bound, result) if self.actor else None,
+                self.group(bound, result) if self.group else None,
                 None,
                 metadata,
             )
@@ -421,57 +424,63 @@ class _Plan:
                 return
             _report(decl.action, error)
             return
-        signals.dispatch(_receivers, event)
+        receivers = _receivers._cache
+        if receivers is None or _receivers._weak:
+            receivers = _receivers.live_receivers(event)
+        for receiver in receivers:  # signals.dispatch, inlined: this is the hot path
+            try:
+                receiver(event)
+            except Exception:
+                signals.log_receiver_failure(receiver, _receivers)
 
-    def sync_wrapper(self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def sync_wrapper(
+        self,
+        wrapped: Callable[..., Any],
+        instance: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         if not _receivers.receivers:
             if not settings.warned_no_receivers:
                 _warn_discarded()
             return wrapped(*args, **kwargs)
-        state = self.before(instance, args, kwargs)
-        if state is None:
+        try:
+            bound = self.bind(instance, args, kwargs)
+            before = _NO_SNAPSHOT if self.snapshot is None else self.take_snapshot(bound)
+        except Exception as error:
+            _report(self.decl.action, error)  # raises in strict mode, before the call
             return wrapped(*args, **kwargs)
         try:
             result = wrapped(*args, **kwargs)
         except Exception as exc:
-            if self.decl.on_error == "emit":
-                self.finish(state, None, exc)
+            if self.emit_on_error:
+                self.finish(bound, before, None, exc)
             raise
-        self.finish(state, result, None)
+        self.finish(bound, before, result, None)
         return result
 
-    async def async_wrapper(self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def async_wrapper(
+        self,
+        wrapped: Callable[..., Any],
+        instance: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         if not _receivers.receivers:
             if not settings.warned_no_receivers:
                 _warn_discarded()
             return await wrapped(*args, **kwargs)
-        state = self.before(instance, args, kwargs)
-        if state is None:
+        try:
+            bound = self.bind(instance, args, kwargs)
+            before = _NO_SNAPSHOT if self.snapshot is None else self.take_snapshot(bound)
+        except Exception as error:
+            _report(self.decl.action, error)  # raises in strict mode, before the call
             return await wrapped(*args, **kwargs)
         try:
             result = await wrapped(*args, **kwargs)
         except Exception as exc:
-            if self.decl.on_error == "emit":
-                self.finish(state, None, exc)
+            if self.emit_on_error:
+                self.finish(bound, before, None, exc)
             raise
-        self.finish(state, result, None)
+        self.finish(bound, before, result, None)
         return result
-
-
-class _Constant(Resolver):
-    """A declaration given as a value (``target=user``) rather than a resolver."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, label: str, value: object) -> None:
-        self.label = label
-        self.value = value
-        self.name = None
-        self.fn = None
-
-    def check(self, binder: Binder, *, result_allowed: bool) -> None:
-        return None
-
-    def __call__(self, bound: Mapping[str, Any], result: Any = None, *, done: bool = False) -> Any:
-        return self.value
-

@@ -57,7 +57,7 @@ def to_metadata_value(field: str, value: object, *, nested: bool = False) -> Met
     maps. ``None`` stays ``None`` (meaning: left out).
     """
     if value is None or isinstance(value, (str, bool, int, float, datetime)):
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, enum.Enum):
         return to_metadata_value(field, value.value, nested=nested)
     if isinstance(value, (uuid.UUID, Decimal)):

@@ -42,7 +42,9 @@ class CapturedEvents(MemorySender):
     def one(self, **fields: Any) -> AuditEvent:
         """The single event matching ``fields``; ``AssertionError`` otherwise."""
         found = self.find(**fields)
-        assert len(found) == 1, f"expected one event matching {fields}, found {len(found)}: {self.actions}"
+        assert len(found) == 1, (
+            f"expected one event matching {fields}, found {len(found)}: {self.actions}"
+        )
         return found[0]
 
     def __repr__(self) -> str:

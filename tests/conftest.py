@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from audit_instrument import config, signals
-from audit_instrument.context import _current, _EMPTY
+from audit_instrument.context import _EMPTY, _current
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,9 @@ def _clean_audit_state() -> Iterator[None]:
             signal._clear_state()  # blinker's own reset, meant for tests
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.005) -> None:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.005
+) -> None:
     """Wait until ``condition()`` is truthy, failing after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -38,6 +40,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: f
 @pytest.fixture
 def run_in_fresh_context() -> Callable[..., object]:
     """Run a callable in an empty copy of the context (as a new thread would)."""
+
     def run(fn: Callable[..., object], *args: object) -> object:
         return contextvars.Context().run(fn, *args)
+
     return run

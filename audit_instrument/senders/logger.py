@@ -21,7 +21,9 @@ class LoggingSender:
     >>> configure(LoggingSender("myapp.audit", level=logging.INFO))
     """
 
-    def __init__(self, logger: str | logging.Logger = "audit", *, level: int = logging.INFO) -> None:
+    def __init__(
+        self, logger: str | logging.Logger = "audit", *, level: int = logging.INFO
+    ) -> None:
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.level = level
 
@@ -35,4 +37,6 @@ class LoggingSender:
             )
 
     def __repr__(self) -> str:
-        return f"<LoggingSender logger={self.logger.name!r} level={logging.getLevelName(self.level)}>"
+        return (
+            f"<LoggingSender logger={self.logger.name!r} level={logging.getLevelName(self.level)}>"
+        )
