@@ -14,15 +14,12 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from _workos_helpers import (  # noqa: F401 - fixtures
+from _workos_helpers import (
     API_KEY,
     FAST,
     USER_LOGIN,
     ServerProcess,
     event,
-    make_workos,
-    server,
-    server_process,
 )
 from workos_server import Fault, WorkOSServer
 
@@ -32,10 +29,12 @@ from audit_instrument.delivery.handle import DeliveryHandle
 from audit_instrument.event import AuditEvent
 from audit_instrument.senders.workos import WorkOS
 
+pytest_plugins = ["_workos_helpers"]
+
 MakeWorkOS = Callable[..., WorkOS]
 
 
-# -- retry policy ----------------------------------------------------------------------------------
+# -- retry policy ----------
 def test_backoff_is_full_jitter_under_a_capped_exponential() -> None:
     policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0)
     for attempt, cap in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (60, 1.0)):
@@ -57,7 +56,7 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after(None) is None
 
 
-# -- retries over the wire -----------------------------------------------------------------------------
+# -- retries over the wire ----------
 def test_two_503_then_201_is_three_requests_with_one_key(
     server: WorkOSServer, make_workos: MakeWorkOS
 ) -> None:
@@ -111,7 +110,7 @@ def test_deadline_expiry_fails_the_event_and_signals(
     assert workos.engine.failed == 1
 
 
-# -- queue policy ------------------------------------------------------------------------------------
+# -- queue policy ----------
 def test_full_queue_drops_and_counts(server: WorkOSServer, make_workos: MakeWorkOS) -> None:
     server.hang_all = True
     dropped: list[str] = []
@@ -150,7 +149,7 @@ def test_blocked_producer_gets_room_when_an_event_completes(
     assert server.accepted_count == 2
 
 
-# -- flush, shutdown, interruptible backoff --------------------------------------------------------------
+# -- flush, shutdown, interruptible backoff ----------
 def test_flush_and_shutdown_honour_deadlines_on_a_server_that_never_answers(
     server: WorkOSServer, make_workos: MakeWorkOS
 ) -> None:
@@ -183,7 +182,7 @@ def test_shutdown_interrupts_a_backoff_wait(server: WorkOSServer, make_workos: M
     assert server.request_count == 1
 
 
-# -- handles ---------------------------------------------------------------------------------------------
+# -- handles ----------
 def test_handle_result_timeout_and_callbacks(
     server: WorkOSServer, make_workos: MakeWorkOS
 ) -> None:
@@ -224,7 +223,7 @@ async def test_await_in_asyncio_does_not_block_the_loop(
         await workos.create_event(USER_LOGIN)
 
 
-# -- fork and exit ------------------------------------------------------------------------------------------
+# -- fork and exit ----------
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_delivers_with_its_own_thread_and_client(
     server: WorkOSServer, make_workos: MakeWorkOS
@@ -304,7 +303,7 @@ def test_exit_flush_is_bounded_and_says_how_many_were_lost(server: WorkOSServer)
     assert "7 event(s) not delivered" in done.stderr
 
 
-# -- soak ------------------------------------------------------------------------------------------------
+# -- soak ----------
 @pytest.mark.slow
 def test_soak_10k_events_against_30_percent_random_faults(
     server_process: Callable[..., ServerProcess],

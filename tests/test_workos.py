@@ -8,14 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _workos_helpers import (  # noqa: F401 - fixtures
+from _workos_helpers import (
     API_KEY,
     FAST,
     TWEET_UPDATE,
     USER_LOGIN,
     event,
-    make_workos,
-    server,
 )
 from workos_server import Fault, WorkOSServer
 
@@ -31,6 +29,8 @@ from audit_instrument.context import audit_actor, current_context
 from audit_instrument.event import AuditEvent
 from audit_instrument.senders.memory import MemorySender
 from audit_instrument.senders.workos import WorkOS
+
+pytest_plugins = ["_workos_helpers"]
 
 MakeWorkOS = Callable[..., WorkOS]
 
@@ -110,7 +110,8 @@ def test_missing_key_says_where_it_is_read_from(monkeypatch: pytest.MonkeyPatch)
         WorkOS()
 
 
-@pytest.mark.parametrize("url", ["http://api.workos.com", "http://10.0.0.1:8000", "ftp://x", "nope"])
+@pytest.mark.parametrize(
+    "url", ["http://api.workos.com", "http://10.0.0.1:8000", "ftp://x", "nope"])
 def test_plain_http_is_refused_unless_loopback(url: str) -> None:
     with pytest.raises(AuditConfigError, match="base_url"):
         WorkOS(API_KEY, base_url=url)
@@ -151,7 +152,7 @@ def test_invalid_event_4xx_is_not_retried(server: WorkOSServer, make_workos: Mak
     signals.event_failed.connect(lambda e, **kw: failed.append((e, kw)), weak=False)
     workos = make_workos()
     handle = workos.create_event(TWEET_UPDATE)
-    with pytest.raises(DeliveryError, match="metadata.body is too long") as caught:
+    with pytest.raises(DeliveryError, match=r"metadata\.body is too long") as caught:
         handle.result(timeout=5)
     assert caught.value.status == 400
     assert server.request_count == 1

@@ -214,7 +214,7 @@ class WorkOSServer:
                 self._server = loop.run_until_complete(loop.create_server(
                     lambda: _Protocol(self), "127.0.0.1", self.requested_port, backlog=1024))
                 self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # noqa: BLE001 - reported to the starter
+            except BaseException as exc:
                 errors.append(exc)
                 ready.set()
                 return
