@@ -416,6 +416,9 @@ class AuditStore:
                 if self._writing:
                     cond.wait()
                     continue
+                if self._closed:  # closed while this event waited for its turn
+                    self._queue.remove(item)
+                    raise AuditError(f"{self!r} was closed before the event was stored")
                 self._writing = True
                 batch, self._queue = self._queue, []
                 error: BaseException | None = None
@@ -699,14 +702,19 @@ class AuditStore:
     # -- lifetime ------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the file; later sends and queries raise :class:`~audit_instrument.AuditError`."""
+        """Close the file; later sends and queries raise :class:`~audit_instrument.AuditError`.
+
+        A transaction being written finishes first; events still waiting
+        for their turn are refused (their ``send`` raises), never half-kept.
+        """
         with self._cond:
+            if self._closed:
+                return
+            self._closed = True  # refuse new sends at once, or busy senders starve close()
             while self._writing:
                 self._cond.wait()
+            self._cond.notify_all()
             with self._read_lock:
-                if self._closed:
-                    return
-                self._closed = True
                 if self._reader is not None and self._reader is not self._conn:
                     self._reader.close()
                     self._reader = None

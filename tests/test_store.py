@@ -156,6 +156,42 @@ def test_several_threads_share_one_store(db: Path) -> None:
     store.close()
 
 
+def test_close_while_threads_send_loses_nothing_it_acknowledged(db: Path) -> None:
+    store = AuditStore(db)
+    stored: list[int] = []
+    unexpected: list[BaseException] = []
+    started = threading.Barrier(5)
+
+    def run(t: int) -> None:
+        started.wait()
+        for i in range(10_000):
+            try:
+                seq = store.send(make_event(t * 10_000 + i))
+            except AuditError as error:
+                if "closed" not in str(error):
+                    unexpected.append(error)
+                return
+            assert seq is not None
+            stored.append(seq)
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for worker in workers:
+        worker.start()
+    started.wait()
+    from conftest import wait_for
+
+    wait_for(lambda: len(stored) >= 100)
+    store.close()
+    for worker in workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    assert unexpected == []
+    with AuditStore(db, readonly=True) as check:
+        assert check.count() == len(stored)
+        assert check.verify().ok
+    assert sorted(stored) == list(range(1, len(stored) + 1))
+
+
 _WRITER = """
 import sys
 from audit_instrument.store import AuditStore
