@@ -425,7 +425,7 @@ class AuditStore:
                 cond.release()
                 try:
                     self._write(batch)
-                except BaseException as exc:  # noqa: BLE001 - handed to each waiting sender
+                except BaseException as exc:  # handed to each waiting sender
                     error = exc
                 finally:
                     cond.acquire()

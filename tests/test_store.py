@@ -140,7 +140,7 @@ def test_several_threads_share_one_store(db: Path) -> None:
         try:
             for i in range(per_thread):
                 store.send(make_event(t * per_thread + i))
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as error:  # reported by the assertion below
             errors.append(error)
 
     workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
