@@ -73,7 +73,7 @@ def to_metadata_value(field: str, value: object, *, nested: bool = False) -> Met
         return out
     raise AuditValidationError(
         field,
-        "snapshot values must convert to str, bool, int, float, datetime or a map of those",
+        "must convert to str, bool, int, float, datetime or a map of those",
         value,
     )
 

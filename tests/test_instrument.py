@@ -1,0 +1,423 @@
+"""@audit as a decorator on every callable kind, and as a (async) context manager."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from audit_instrument import (
+    AuditError,
+    AuditValidationError,
+    audit,
+    audit_actor,
+    configure,
+    signals,
+)
+from audit_instrument.testing import CapturedEvents, capture_events
+
+USER = {"id": "user_1", "email": "user@email.com"}
+
+
+@dataclass
+class Tweet:
+    id: int
+    body: str
+    author: str = "user@email.com"
+
+
+@pytest.fixture
+def events() -> Any:
+    with (
+        capture_events() as captured,
+        audit_actor(USER, group="organization_1", location="1.1.1.1"),
+    ):
+        yield captured
+
+
+def test_issue_example_update_tweet(events: CapturedEvents) -> None:
+    tweets = {5: Tweet(5, "What time is the event")}
+
+    @audit(
+        "tweet.update",
+        "U",
+        target=lambda tweet_id, **_: (f"tweet_{tweet_id}", tweets[tweet_id].author),
+        snapshot=lambda tweet_id, **_: tweets[tweet_id],
+        fields=["body"],
+    )
+    def update_tweet(tweet_id: int, body: str) -> None:
+        tweets[tweet_id].body = body
+
+    assert update_tweet(5, "What time is the event?") is None
+    event = events.one(action="tweet.update")
+    assert event.to_dict()["metadata"] == {
+        "body_was": "What time is the event",
+        "body": "What time is the event?",
+    }
+    assert (event.target_id, event.target_name) == ("tweet_5", "user@email.com")
+    assert (event.actor_id, event.actor_name, event.group) == (
+        "user_1",
+        "user@email.com",
+        "organization_1",
+    )
+    assert event.location == "1.1.1.1"
+
+
+def test_decorator_preserves_name_signature_and_coroutine_flag() -> None:
+    def plain(tweet_id: int, *, verbose: bool = False) -> str:
+        """Read a tweet."""
+        return "x"
+
+    read = audit("tweet.read", "R")(plain)
+
+    @audit("tweet.read", "R")
+    async def read_async(tweet_id: int) -> str:
+        return "x"
+
+    assert read.__name__ == "plain" and read.__doc__ == "Read a tweet."
+    assert inspect.signature(read) == inspect.signature(plain)
+    assert not inspect.iscoroutinefunction(read)
+    assert inspect.iscoroutinefunction(read_async)
+    assert asyncio.iscoroutinefunction(read_async)
+
+
+def test_target_and_metadata_by_parameter_name_and_result(events: CapturedEvents) -> None:
+    @audit("tweet.create", "C", target="result", metadata=["body"])
+    def create(body: str) -> Tweet:
+        return Tweet(7, body)
+
+    @audit("tweet.count", "R", metadata=["result"])
+    def count() -> int:
+        return 42
+
+    @audit("tweet.share", "C", target="tweet", metadata=lambda tweet, channel: {"channel": channel})
+    def share(tweet: Tweet, channel: str = "email") -> None:
+        return None
+
+    create("hello")
+    share({"id": "tweet_7", "name": "hello"})  # type: ignore[arg-type]
+    count()
+    created, shared, counted = events.events
+    assert dict(counted.metadata) == {"result": 42}
+    assert (created.target_id, created.target_name) == ("7", "7")
+    assert created.metadata["body"] == "hello"
+    assert (shared.target_id, shared.target_name) == ("tweet_7", "hello")
+    assert dict(shared.metadata) == {"channel": "email"}
+
+
+def test_result_resolver_gets_the_return_value(events: CapturedEvents) -> None:
+    @audit("tweet.create", "C", target=lambda result: (f"tweet_{result.id}", result.author))
+    def create(body: str) -> Tweet:
+        return Tweet(9, body)
+
+    create("x")
+    assert events.one().target_id == "tweet_9"
+
+
+def test_without_target_the_actor_is_the_target(events: CapturedEvents) -> None:
+    @audit("user.logout", "D")
+    def logout() -> None: ...
+
+    logout()
+    event = events.one()
+    assert (event.target_id, event.target_name) == ("user_1", "user@email.com")
+
+
+class Service:
+    def __init__(self) -> None:
+        self.tweets = {1: Tweet(1, "old")}
+
+    @audit(
+        "tweet.update",
+        "U",
+        target=lambda self, tweet_id: (f"tweet_{tweet_id}", "a"),
+        snapshot=lambda self, tweet_id: self.tweets[tweet_id],
+        fields=["body"],
+    )
+    def update(self, tweet_id: int, body: str) -> str:
+        self.tweets[tweet_id].body = body
+        return body
+
+    @audit("tweet.update", "U", target=lambda tweet_id: (f"tweet_{tweet_id}", "a"))
+    async def update_async(self, tweet_id: int) -> int:
+        await asyncio.sleep(0)
+        return tweet_id
+
+    @classmethod
+    @audit("tweet.purge", "D", target=lambda cls, tweet_id: (f"tweet_{tweet_id}", cls.__name__))
+    def purge(cls, tweet_id: int) -> str:
+        return cls.__name__
+
+    @audit("tweet.purge", "D", target=lambda cls, tweet_id: (f"tweet_{tweet_id}", cls.__name__))
+    @classmethod
+    def purge_outer(cls, tweet_id: int) -> str:
+        return cls.__name__
+
+    @staticmethod
+    @audit("tweet.count", "R", target=lambda n: (f"count_{n}", "count"))
+    def count(n: int) -> int:
+        return n
+
+    @audit("tweet.count", "R", target=lambda n: (f"count_{n}", "count"))
+    @staticmethod
+    def count_outer(n: int) -> int:
+        return n
+
+
+async def test_every_callable_kind(events: CapturedEvents) -> None:
+    service = Service()
+    assert service.update(1, "new") == "new"
+    assert await service.update_async(2) == 2
+    assert Service.purge(3) == "Service" and service.purge(4) == "Service"
+    assert Service.purge_outer(5) == "Service" and service.purge_outer(6) == "Service"
+    assert Service.count(7) == 7 and service.count(8) == 8
+    assert Service.count_outer(9) == 9 and service.count_outer(10) == 10
+    assert Service.update(service, 1, "newer") == "newer"  # unbound call through the class
+    targets = [event.target_id for event in events.events]
+    assert targets == [
+        "tweet_1",
+        "tweet_2",
+        "tweet_3",
+        "tweet_4",
+        "tweet_5",
+        "tweet_6",
+        "count_7",
+        "count_8",
+        "count_9",
+        "count_10",
+        "tweet_1",
+    ]
+    assert dict(events.events[0].metadata) == {"body_was": "old", "body": "new"}
+    assert dict(events.events[-1].metadata) == {"body_was": "new", "body": "newer"}
+    assert events.events[2].target_name == "Service"
+
+
+def test_exceptions_propagate_unchanged_and_record_nothing_by_default(
+    events: CapturedEvents,
+) -> None:
+    error = KeyError("missing")
+
+    @audit("user.login", "C")
+    def login() -> None:
+        raise error
+
+    with pytest.raises(KeyError) as caught:
+        login()
+    assert caught.value is error
+    assert events.events == []
+
+
+def test_on_error_emit_records_the_failed_attempt(events: CapturedEvents) -> None:
+    @audit("user.login", "C", on_error="emit")
+    def login(password: str) -> None:
+        raise PermissionError("bad password")
+
+    with pytest.raises(PermissionError, match="bad password"):
+        login("hunter2")
+    assert dict(events.one().metadata) == {"outcome": "failure", "error": "PermissionError"}
+
+
+async def test_async_exceptions_propagate_and_on_error_emits(events: CapturedEvents) -> None:
+    @audit("user.login", "C", on_error="emit")
+    async def login() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("nope")
+
+    with pytest.raises(ValueError, match="nope"):
+        await login()
+    assert events.one().metadata["outcome"] == "failure"
+
+
+def test_base_exceptions_are_never_recorded(events: CapturedEvents) -> None:
+    @audit("job.run", "C", on_error="emit")
+    def run() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert events.events == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"action": "tweetupdate", "action_type": "U"}, "action"),
+        ({"action": "tweet.update", "action_type": "X"}, "action_type"),
+        ({"action": "tweet.update", "action_type": "U", "on_error": "ignore"}, "on_error"),
+        ({"action": "tweet.update", "action_type": "U", "fields": ["body"]}, "fields"),
+        ({"action": "tweet.update", "action_type": "U", "snapshot": 5}, "snapshot"),
+        (
+            {
+                "action": "tweet.update",
+                "action_type": "U",
+                "snapshot": lambda: {},
+                "fields": "body",
+            },
+            "fields",
+        ),
+        (
+            {
+                "action": "tweet.update",
+                "action_type": "U",
+                "snapshot": lambda: {},
+                "fields": ["x" * 37],
+            },
+            "fields",
+        ),
+    ],
+)
+def test_bad_declarations_fail_when_declared(kwargs: dict[str, Any], field: str) -> None:
+    action = kwargs.pop("action")
+    action_type = kwargs.pop("action_type")
+    with pytest.raises(AuditValidationError) as caught:
+        audit(action, action_type, **kwargs)
+    assert caught.value.field == field
+
+
+def test_resolvers_are_checked_against_the_signature_when_decorating() -> None:
+    def update(tweet_id: int, body: str) -> None: ...
+
+    with pytest.raises(AuditValidationError, match="target: names no parameter.*tweet_id, body"):
+        audit("tweet.update", "U", target="tweet")(update)
+    with pytest.raises(AuditValidationError, match=r"asks for \['tweet'\]"):
+        audit("tweet.update", "U", target=lambda tweet: tweet)(update)
+    with pytest.raises(AuditValidationError, match="snapshot"):
+        audit("tweet.update", "U", snapshot=lambda result: result)(update)
+    with pytest.raises(AuditValidationError, match="metadata"):
+        audit("tweet.update", "U", metadata=["tweet"])(update)
+    audit("tweet.update", "U", target=lambda tweet_id, extra=None: (tweet_id, "x"))(update)
+
+
+def test_a_bad_runtime_value_is_logged_and_reported_not_raised(
+    events: CapturedEvents, caplog: pytest.LogCaptureFixture
+) -> None:
+    reports: list[tuple[object, Exception]] = []
+    signals.event_invalid.connect(lambda sender, error: reports.append((sender, error)), weak=False)
+
+    @audit("tweet.tag", "U", metadata=lambda tags: {"tags": tags})
+    def tag(tags: list[str]) -> str:
+        return "ok"
+
+    with caplog.at_level(logging.ERROR, logger="audit_instrument"):
+        assert tag(["a", "b"]) == "ok"
+    assert events.events == []
+    assert reports and reports[0][0] == "tweet.tag"
+    assert isinstance(reports[0][1], AuditValidationError)
+    assert reports[0][1].field == "metadata.tags"
+    assert "metadata.tags" in caplog.text
+
+
+def test_strict_mode_raises_the_validation_error(events: CapturedEvents) -> None:
+    configure(strict=True)
+    with capture_events():
+
+        @audit("tweet.tag", "U", metadata=lambda tags: {"tags": tags})
+        def tag(tags: list[str]) -> str:
+            return "ok"
+
+        with pytest.raises(AuditValidationError, match="metadata.tags"):
+            tag(["a"])
+
+
+def test_event_outside_any_context_is_reported_not_filled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @audit("user.login", "C")
+    def login() -> str:
+        return "ok"
+
+    with capture_events() as events, caplog.at_level(logging.ERROR, logger="audit_instrument"):
+        assert login() == "ok"
+    assert events.events == []
+    assert "actor_id: required" in caplog.text
+
+
+def test_explicit_actor_and_group_need_no_context() -> None:
+    @audit("user.login", "C", actor="user", group=lambda org: org)
+    def login(user: dict[str, str], org: str) -> None: ...
+
+    with capture_events() as events:
+        login({"id": "u_9", "username": "nine"}, "organization_9")
+    event = events.one()
+    assert (event.actor_id, event.actor_name, event.group) == ("u_9", "nine", "organization_9")
+
+
+def test_system_actor_for_background_jobs() -> None:
+    configure(system_actor=("system", "nightly-job"))
+
+    @audit("report.create", "C")
+    def build_report() -> None: ...
+
+    with capture_events() as events, audit_actor(None, group="organization_1"):
+        build_report()
+    assert events.one().actor_id == "system"
+
+
+def test_no_receivers_means_no_work_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    @audit(
+        "tweet.update",
+        "U",
+        snapshot=lambda: calls.append("snapshot"),
+        target=lambda: calls.append("target"),
+    )
+    def update() -> str:
+        return "done"
+
+    with caplog.at_level(logging.WARNING, logger="audit_instrument"):
+        assert update() == "done"
+        assert update() == "done"
+    assert calls == []
+    warnings = [r for r in caplog.records if "discarded" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_context_manager_form(events: CapturedEvents) -> None:
+    user = {"id": "user_2", "email": "two@email.com"}
+    with audit("user.login", "C", target=user) as event:
+        event.metadata["method"] = "password"
+    recorded = events.one()
+    assert (recorded.target_id, recorded.target_name) == ("user_2", "two@email.com")
+    assert dict(recorded.metadata) == {"method": "password"}
+
+
+async def test_async_context_manager_form(events: CapturedEvents) -> None:
+    async with audit("user.login", "C") as event:
+        await asyncio.sleep(0)
+        event.target = ("user_3", "three")
+        event.metadata["method"] = "sso"
+    assert events.one().target_id == "user_3"
+
+
+def test_context_manager_snapshot_skip_and_errors(events: CapturedEvents) -> None:
+    tweet = Tweet(1, "before")
+    with audit(
+        "tweet.update", "U", target=("tweet_1", "a"), snapshot=lambda: tweet, fields=["body"]
+    ):
+        tweet.body = "after"
+    with audit("tweet.update", "U", target=("tweet_1", "a")) as event:
+        event.skip()
+    with pytest.raises(RuntimeError), audit("tweet.update", "U", target=("tweet_1", "a")):
+        raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError),
+        audit("tweet.update", "U", target=("tweet_1", "a"), on_error="emit"),
+    ):
+        raise RuntimeError("boom")
+    first, failed = events.events
+    assert dict(first.metadata) == {"body_was": "before", "body": "after"}
+    assert failed.metadata["error"] == "RuntimeError"
+
+
+def test_context_manager_rejects_resolvers_and_reuse() -> None:
+    with pytest.raises(AuditValidationError, match="target"), audit("a.b", "C", target="user"):
+        pass
+    block = audit("a.b", "C")
+    with capture_events(), audit_actor(USER, group="g"), block:
+        with pytest.raises(AuditError, match="already open"), block:
+            pass
