@@ -205,20 +205,30 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
     ) -> AuditEvent:
         ctx = _current.get()
         party = resolve_party(actor, "actor") if actor is not None else None
-        if party is None:
-            if ctx.actor_id is not None:
-                party = (ctx.actor_id, ctx.actor_name or ctx.actor_id)
-            elif settings.system_actor is not None:
-                party = settings.system_actor
-            else:
-                raise AuditValidationError(
-                    "actor_id",
-                    "required: bind one with audit_actor(...), pass actor=, "
-                    "or configure(system_actor=...)",
-                )
-        aimed = resolve_party(target, "target") if target is not None else party
-        if aimed is None:
-            raise AuditValidationError("target_id", "required: the target resolved to no id")
+        if party is not None:
+            actor_id, actor_name = party
+        elif ctx.actor_id is not None:
+            actor_id = ctx.actor_id
+            actor_name = ctx.actor_name or actor_id
+        elif settings.system_actor is not None:
+            actor_id, actor_name = settings.system_actor
+        else:
+            raise AuditValidationError(
+                "actor_id",
+                "required: bind one with audit_actor(...), pass actor=, "
+                "or configure(system_actor=...)",
+            )
+        if target is None:
+            target_id, target_name = actor_id, actor_name
+        elif type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
+            target_id, target_name = target  # the common (id, name) form, checked inline
+            if type(target_name) is not str or not target_name:
+                target_name = target_id
+        else:
+            aimed = resolve_party(target, "target")
+            if aimed is None:
+                raise AuditValidationError("target_id", "required: the target resolved to no id")
+            target_id, target_name = aimed
         if group is None:
             group = ctx.group
         if group is None:
@@ -233,10 +243,10 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
             group,  # type: ignore[arg-type]
             self.action,
             self.action_type,
-            party[1],
-            party[0],
-            aimed[1],
-            aimed[0],
+            actor_name,
+            actor_id,
+            target_name,
+            target_id,
             location,
             occurred_at,
             metadata,
