@@ -26,7 +26,7 @@ As a separate process (benchmarks, CLI tests)::
 
 prints ``PORT <n>`` on its first line and serves until stdin closes or
 SIGTERM. ``GET /_stats`` answers ``{"requests", "accepted", "duplicates"}``;
-``POST /_control`` with ``{"fault_rate": x, "hang_all": bool}`` changes
+``POST /_control`` with ``{"fault_rate", "hang_all", "latency"}`` changes
 faults; ``POST /_reset`` forgets what was recorded.
 """
 
@@ -176,8 +176,9 @@ class WorkOSServer:
     """A loopback WorkOS stand-in; see the module docstring."""
 
     def __init__(self, *, api_key: str = "sk_test", port: int = 0, fault_rate: float = 0.0,
-                 seed: int | None = None, record: bool = True) -> None:
+                 seed: int | None = None, record: bool = True, latency: float = 0.0) -> None:
         self.api_key = api_key
+        self.latency = latency  # seconds added before every answer, like a distant server
         self.requested_port = port
         self.fault_rate = fault_rate
         self.hang_all = False
@@ -344,6 +345,9 @@ class WorkOSServer:
                 assert self._loop is not None
                 self._loop.call_later(fault.delay, self._answer, proto, request)
                 return
+        if self.latency and self._loop is not None:
+            self._loop.call_later(self.latency, self._answer, proto, request)
+            return
         self._answer(proto, request)
 
     def _answer(self, proto: _Protocol, request: Recorded) -> None:
@@ -390,6 +394,7 @@ class WorkOSServer:
         elif request.path == "/_control":
             settings = json.loads(request.body or b"{}")
             with self._lock:
+                self.latency = float(settings.get("latency", self.latency))
                 self.fault_rate = float(settings.get("fault_rate", self.fault_rate))
                 self.hang_all = bool(settings.get("hang_all", self.hang_all))
             proto.respond(200, {"ok": True})
@@ -430,11 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default="sk_test")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds to wait before each answer (a distant server)")
     parser.add_argument("--record", action="store_true",
                         help="keep every request body (memory grows with traffic)")
     args = parser.parse_args(argv)
     server = WorkOSServer(api_key=args.api_key, port=args.port, fault_rate=args.fault_rate,
-                          seed=args.seed, record=args.record).start()
+                          seed=args.seed, record=args.record, latency=args.latency).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
