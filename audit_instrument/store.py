@@ -342,9 +342,12 @@ class AuditStore:
             try:
                 if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
                     self._check_foreign(conn)
-                    conn.executescript(_SCHEMA)  # commits the transaction
-                else:
-                    conn.execute("COMMIT")
+                    # statement by statement: executescript() would commit first,
+                    # letting another process see tables without the application id
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

@@ -199,7 +199,7 @@ sys.path.insert(0, sys.argv[3])
 from _audit_store import make_event
 store = AuditStore(sys.argv[1])
 offset = int(sys.argv[2])
-for i in range(200):
+for i in range(int(sys.argv[4]) if len(sys.argv) > 4 else 200):
     store.send(make_event(offset + i))
 store.close()
 """
@@ -217,6 +217,22 @@ def test_two_processes_share_one_store(db: Path) -> None:
         assert store.count() == 400
         result = store.verify()
         assert result.ok, result
+
+
+def test_processes_creating_one_new_store_at_once_agree(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parent)
+    for attempt in range(4):  # the race is at creation: several tries, few events each
+        db = tmp_path / f"new-{attempt}.db"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _WRITER, str(db), str(offset), root, "20"],
+                             stderr=subprocess.PIPE, text=True)
+            for offset in (0, 1000, 2000, 3000)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        with AuditStore(db, readonly=True) as store:
+            assert store.count() == 80 and store.verify().ok
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
