@@ -1,4 +1,4 @@
-"""Fixtures and helpers shared by the WorkOS, delivery and outbox tests."""
+"""Helpers shared by the WorkOS, delivery and outbox tests (fixtures: _workos_fixtures)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,11 @@ import json
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from workos_server import WorkOSServer
-
 from audit_instrument.delivery import RetryPolicy
 from audit_instrument.event import AuditEvent
-from audit_instrument.senders.workos import WorkOS
 
 SERVER_SCRIPT = Path(__file__).with_name("workos_server.py")
 API_KEY = "sk_test"
@@ -41,30 +36,6 @@ def event(number: int = 0, **overrides: Any) -> AuditEvent:
     fields = {**TWEET_UPDATE, "target_id": f"tweet_{number}", "occurred_at": None}
     fields.update(overrides)
     return AuditEvent.from_dict({k: v for k, v in fields.items() if v is not None})
-
-
-@pytest.fixture
-def server() -> Iterator[WorkOSServer]:
-    """A WorkOS stand-in on 127.0.0.1 in a thread of this process."""
-    with WorkOSServer(api_key=API_KEY) as running:
-        yield running
-
-
-@pytest.fixture
-def make_workos(server: WorkOSServer) -> Iterator[Callable[..., WorkOS]]:
-    """Build WorkOS senders aimed at ``server``; each is shut down after the test."""
-    made: list[WorkOS] = []
-
-    def make(**kwargs: Any) -> WorkOS:
-        kwargs.setdefault("base_url", server.url)
-        kwargs.setdefault("retry", FAST)
-        sender = WorkOS(kwargs.pop("api_key", API_KEY), **kwargs)
-        made.append(sender)
-        return sender
-
-    yield make
-    for sender in made:
-        sender.shutdown(timeout=2)
 
 
 class ServerProcess:
@@ -101,18 +72,3 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-@pytest.fixture
-def server_process() -> Iterator[Callable[..., ServerProcess]]:
-    """Start test servers in their own processes; all are stopped after the test."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        process = ServerProcess(*args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()

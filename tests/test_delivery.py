@@ -29,7 +29,7 @@ from audit_instrument.delivery.handle import DeliveryHandle
 from audit_instrument.event import AuditEvent
 from audit_instrument.senders.workos import WorkOS
 
-pytest_plugins = ["_workos_helpers"]
+pytest_plugins = ["_workos_fixtures"]
 
 MakeWorkOS = Callable[..., WorkOS]
 
