@@ -30,6 +30,7 @@ OutboxStatus(pending=0, dead=1, delivered=1042, oldest_pending_age=None)
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from _thread import allocate_lock as _allocate_lock
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +77,15 @@ CREATE INDEX IF NOT EXISTS outbox_dead ON outbox(state, failed_at) WHERE state =
 CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO outbox_meta VALUES ('delivered', 0);
 """
+_ROWS_PER_INSERT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    return ("INSERT OR IGNORE INTO outbox (key, record, created_at, owner, owner_pid, lease_until) "
+            "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * rows))
+
+
 # Connections inherited from a parent process are never used nor closed in the child.
 _inherited: list[sqlite3.Connection] = []
 
@@ -101,13 +112,40 @@ class DeadLetter:
 
 
 class _Ticket:
-    """One group commit: every caller whose write is in it waits on ``done``."""
+    """One group commit: every caller whose write is in it waits for it.
 
-    __slots__ = ("done", "error")
+    Each waiter blocks on a lock of its own that the writer releases: no
+    shared condition for dozens of threads to stampede on when it commits.
+    """
+
+    __slots__ = ("error", "finished", "waiters")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
         self.error: BaseException | None = None
+        self.finished = False
+        self.waiters: list[Any] = []
+
+    def waiter(self) -> Any:
+        """A held lock that :meth:`finish` releases (call under the queue lock)."""
+        lock = _allocate_lock()
+        lock.acquire()
+        self.waiters.append(lock)
+        return lock
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error = error
+        self.finished = True
+        for lock in self.waiters:
+            lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait without registering a waiter of one's own (for ``sync``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -225,8 +263,8 @@ class Outbox:
             self._watched[key] = handle
         params = ((key, record, now, self._owner, self._pid, now + lease) if owned
                   else (key, record, now, None, None, 0.0))
-        ticket = self._enqueue("add", params)
-        if not ticket.done.wait(self.busy_timeout + 5.0):
+        ticket, waiter = self._enqueue("add", params, wait=True)
+        if not waiter.acquire(timeout=self.busy_timeout + 5.0):
             raise DeliveryError(f"outbox {str(self.path)!r}: commit timed out", retryable=True)
         if ticket.error is not None:
             raise DeliveryError(f"outbox {str(self.path)!r}: write failed: {ticket.error}",
@@ -244,20 +282,22 @@ class Outbox:
         """Give ``key``'s event back (no owner), to be claimed again in ``retry_in`` seconds."""
         self._enqueue("release", (time.time() + retry_in, key))
 
-    def _enqueue(self, kind: str, params: tuple[Any, ...]) -> _Ticket:
+    def _enqueue(self, kind: str, params: tuple[Any, ...], wait: bool = False
+                 ) -> tuple[_Ticket, Any]:
         self._check_pid()
         with self._queue_lock:
             if self._closing:
                 raise DeliveryError(f"outbox {str(self.path)!r} is closed")
             self._ops.append((kind, params))
             ticket = self._ticket
+            waiter = ticket.waiter() if wait else None
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                                 name="audit-instrument-outbox-writer")
                 self._writer.start()
             elif self._writer_waiting:
                 self._wake.notify()
-        return ticket
+        return ticket, waiter
 
     def _write_loop(self) -> None:
         while True:
@@ -278,19 +318,26 @@ class Outbox:
                 ticket.error = exc
                 logger.error("audit_instrument: outbox %s: commit of %d operation(s) failed: %s",
                              self.path, len(ops), exc)
-            ticket.done.set()
+            ticket.finish(ticket.error)
 
     def _apply(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for kind, params in ops:
             groups.setdefault(kind, []).append(params)
         conn = self._conn
+        adds = groups.get("add", [])
+        if len(groups) == 1 and 0 < len(adds) <= _ROWS_PER_INSERT:
+            # The common case: one statement is its own transaction (autocommit),
+            # one call into SQLite in all.
+            conn.execute(_insert_sql(len(adds)), [v for row in adds for v in row])
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if "add" in groups:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO outbox (key, record, created_at, owner, owner_pid, "
-                    "lease_until) VALUES (?, ?, ?, ?, ?, ?)", groups["add"])
+            for start in range(0, len(adds), _ROWS_PER_INSERT):
+                # One multi-row statement: one trip into SQLite (and one GIL release)
+                # per chunk instead of per row, which matters with many threads.
+                chunk = adds[start:start + _ROWS_PER_INSERT]
+                conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
             if "release" in groups:
                 conn.executemany(
                     "UPDATE outbox SET owner = NULL, owner_pid = NULL, lease_until = 0, "
@@ -317,7 +364,7 @@ class Outbox:
         self._check_pid()
         with self._queue_lock:
             ticket = self._ticket if self._ops else self._committing
-        return ticket is None or ticket.done.wait(timeout)
+        return ticket is None or ticket.wait(timeout)
 
     def watch(self, handle: DeliveryHandle) -> None:
         """Settle ``handle`` when this process delivers its event (held weakly)."""
