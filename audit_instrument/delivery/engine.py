@@ -1,14 +1,16 @@
-"""The delivery engine: a bounded queue drained by background threads over one httpx client.
+"""The delivery engine: a bounded queue drained by background threads over one connection pool.
 
 Any HTTP destination plugs in through :class:`Destination` (it builds the
 request for an event and reads the server's error message); the engine owns
 queueing, concurrency, retries, deadlines, signals, exit and fork handling.
 
 Concurrency model, chosen by measurement (``benchmarks/bench_delivery.py``):
-a few worker threads share one pooled :class:`httpx.Client`. On this
-project's machine httpx's sync pool from 4 threads delivered ~800 req/s to a
-loopback server against ~430 for :class:`httpx.AsyncClient` in one loop
-thread, and the gap widened with more requests in flight (64: 340 vs 174).
+a few worker threads share one keep-alive connection pool
+(:mod:`.http`). On this project's machine a sync httpx pool driven from
+threads delivered 2-3x the requests/s of :class:`httpx.AsyncClient` in one
+loop thread, and the gap widened with more requests in flight; within the
+threaded model, CPU per request bounds the rate, so the default pool is a
+lean ``http.client`` one and any httpx transport can be plugged in.
 
 The caller's cost is validation, a handle and a deque append under a lock; no
 network I/O. With an :class:`~audit_instrument.delivery.outbox.Outbox` the
@@ -31,7 +33,6 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -42,6 +43,7 @@ from .. import signals
 from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent
 from .handle import DeliveryHandle
+from .http import Answer, NoAnswerError, Poster, make_poster
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class Destination(Protocol):
         """``(path, body, headers)`` of the POST that delivers ``event``."""
         ...
 
-    def error_message(self, response: httpx.Response) -> str:
+    def error_message(self, response: Answer) -> str:
         """The server's explanation of a failed answer, for errors and dead letters."""
         ...
 
@@ -130,7 +132,6 @@ class DeliveryEngine:
         self.atexit_timeout = atexit_timeout
         self.poll_interval = poll_interval
         self._transport = transport
-        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._atexit_registered = False
         self._setup()
         _engines.add(self)
@@ -149,7 +150,7 @@ class DeliveryEngine:
         self._pending = 0  # items held in memory: ready + delayed + in flight
         self._idle = 0
         self._threads: list[threading.Thread] = []
-        self._client: httpx.BaseTransport | None = None
+        self._client: Poster | None = None
         self._stopping = False
         self._closed = False
         self._refilling = False
@@ -175,7 +176,9 @@ class DeliveryEngine:
         with self._lock:
             if self._threads or self._closed:
                 return
-            self._client = self._transport or _pooled_transport(self.base_url, self.max_in_flight)
+            self._client = make_poster(self.base_url, timeout=self.timeout,
+                                       max_connections=self.max_in_flight,
+                                       transport=self._transport)
             for number in range(self.max_in_flight):
                 # A fresh, empty context: the engine's own work never carries
                 # the caller's audit actor, so it cannot produce audit events.
@@ -269,7 +272,8 @@ class DeliveryEngine:
         deadline = None if timeout is None else _monotonic() + timeout
         while True:
             with self._lock:
-                while self._pending and not self._closed:
+                # (a refill in progress holds rows claimed from disk but not yet queued)
+                while (self._pending or self._refilling) and not self._closed:
                     left = None if deadline is None else deadline - _monotonic()
                     if left is not None and left <= 0:
                         break
@@ -400,25 +404,20 @@ class DeliveryEngine:
         self._pending += len(claimed)
         if claimed and self._idle:
             self._work.notify(len(claimed))
+        self._changed.notify_all()
 
-    def _attempt(self, client: httpx.BaseTransport, item: _Item) -> None:
+    def _attempt(self, client: Poster, item: _Item) -> None:
         item.attempts += 1
         event = item.event
         try:
             path, body, headers = self.destination.request_parts(event)
-            request = httpx.Request("POST", self.base_url + path, content=body,
-                                    headers=headers, extensions=self._extensions)
-            response = client.handle_request(request)
-            try:
-                response.read()
-            finally:
-                response.close()
-        except httpx.TransportError as exc:  # timeouts, refused, reset, protocol errors
+            response = client.post(path, body, headers)
+        except NoAnswerError as exc:  # timeouts, refused, reset, protocol errors
             if not self._landed(item):
                 return
-            kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
-            self._retry_later(item, DeliveryError(
-                f"request {kind}: {type(exc).__name__}: {exc}", retryable=True), None)
+            kind = "timed out" if exc.timeout else "connection failed"
+            self._retry_later(item, DeliveryError(f"request {kind}: {exc}", retryable=True),
+                              None)
             return
         except Exception as exc:  # a bug must not kill the worker
             if not self._landed(item):
@@ -432,7 +431,7 @@ class DeliveryEngine:
             return
         if not self._landed(item):
             return
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             self._finish_delivered(item)
         elif is_retryable_status(status):
@@ -551,26 +550,6 @@ class DeliveryEngine:
     def __repr__(self) -> str:
         return (f"<DeliveryEngine {self.base_url} pending={self._pending} "
                 f"delivered={self.delivered} failed={self.failed} dropped={self.dropped}>")
-
-
-def _pooled_transport(base_url: str, connections: int) -> httpx.BaseTransport:
-    """httpx's pooled HTTP transport, through the environment's proxy (if any) for ``base_url``.
-
-    The engine calls the transport directly rather than through
-    :class:`httpx.Client`: it builds complete requests itself, and the
-    client layer (cookies, redirects, auth, URL merging) cost ~40% of the
-    CPU per request in ``benchmarks/bench_delivery.py``.
-    """
-    url = httpx.URL(base_url)
-    proxy = None
-    host = url.host
-    if not (host in ("localhost", "::1") or host.startswith("127.")):
-        if not urllib.request.proxy_bypass(host):
-            proxy = urllib.request.getproxies().get(url.scheme)
-    return httpx.HTTPTransport(
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        proxy=proxy,
-    )
 
 
 def _flush_at_exit(ref: weakref.ref[DeliveryEngine]) -> None:
