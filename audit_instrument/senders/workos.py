@@ -29,6 +29,7 @@ import httpx
 
 from ..delivery.engine import DeliveryEngine
 from ..delivery.handle import DeliveryHandle
+from ..delivery.http import Answer
 from ..delivery.outbox import Outbox
 from ..delivery.retry import RetryPolicy
 from ..errors import AuditConfigError, AuditValidationError
@@ -237,15 +238,15 @@ class WorkOS:
         }
         return self._path, body.encode(), headers
 
-    def error_message(self, response: httpx.Response) -> str:
+    def error_message(self, response: Answer) -> str:
         """WorkOS's ``message`` (and each of its ``errors``), else the start of the body."""
         try:
             data = response.json()
         except ValueError:
-            return response.text[:300] or response.reason_phrase
+            return response.body[:300].decode("utf-8", "replace") or response.reason
         if not isinstance(data, dict):
             return str(data)[:300]
-        message = str(data.get("message") or data.get("error") or response.reason_phrase)
+        message = str(data.get("message") or data.get("error") or response.reason)
         errors = data.get("errors")
         if isinstance(errors, list) and errors:
             details = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
