@@ -39,6 +39,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -327,9 +328,7 @@ class AuditStore:
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Check the file is an audit store of a known version; create it if empty."""
         if not self.readonly:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise AuditConfigError(f"{self.path}: cannot use WAL journal (got {mode})")
+            self._use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             if not os.access(self.path, os.W_OK):
                 raise AuditConfigError(f"{self.path}: the audit store is not writable")
@@ -364,6 +363,25 @@ class AuditStore:
                 f"{self.path}: written by a newer audit_instrument (schema {version}); upgrade"
             )
         conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()  # tables exist
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL; another process opening the file at the same moment may
+        hold the lock the switch needs, so retry until ``timeout``."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.005
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise
+                mode = "locked"
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise AuditConfigError(f"{self.path}: cannot use the WAL journal (got {mode})")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _check_foreign(self, conn: sqlite3.Connection) -> None:
         tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]

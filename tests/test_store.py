@@ -208,11 +208,13 @@ store.close()
 def test_two_processes_share_one_store(db: Path) -> None:
     root = str(Path(__file__).resolve().parent)
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(db), str(offset), root])
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(db), str(offset), root],
+                         stderr=subprocess.PIPE, text=True)
         for offset in (0, 1000)
     ]
     for proc in procs:
-        assert proc.wait(timeout=60) == 0
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
     with AuditStore(db, readonly=True) as store:
         assert store.count() == 400
         result = store.verify()
