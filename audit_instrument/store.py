@@ -52,7 +52,17 @@ from . import signals
 from .errors import AuditConfigError, AuditError, AuditValidationError, DeliveryError
 from .event import AuditEvent, format_timestamp
 
-__all__ = ["GENESIS_HASH", "AuditStore", "ChainHead", "Page", "StoredEvent", "Verification"]
+__all__ = [
+    "GENESIS_HASH",
+    "MAX_PAGE",
+    "AuditStore",
+    "ChainHead",
+    "Page",
+    "StoredEvent",
+    "Verification",
+    "canonical_json",
+    "chain_hash",
+]
 
 GENESIS_HASH = "0" * 64
 """The "previous hash" of the first row."""
