@@ -149,6 +149,7 @@ class DeliveryEngine:
         self._seq = itertools.count()
         self._pending = 0  # items held in memory: ready + delayed + in flight
         self._idle = 0
+        self._waking = 0  # notified workers that have not resumed yet
         self._threads: list[threading.Thread] = []
         self._client: Poster | None = None
         self._stopping = False
@@ -217,14 +218,21 @@ class DeliveryEngine:
                 room = True
                 self._pending += 1
                 self._ready.append(item)
-                if self._idle:
-                    self._work.notify()
+                if self._idle and not self._waking:
+                    self._wake_one()
         if not room:
             self._drop(event, handle, "queue full")
             return handle
         if not self._threads:
             self._ensure_started()
         return handle
+
+    def _wake_one(self) -> None:
+        # With the lock held. Callers wake at most one worker at a time and that
+        # worker wakes the next if more is queued: a burst of submits costs the
+        # callers one futex wake-up, not one each.
+        self._waking += 1
+        self._work.notify()
 
     def _wait_for_room(self) -> bool:
         # called with the lock held
@@ -255,8 +263,8 @@ class DeliveryEngine:
             with self._lock:
                 self._pending += 1
                 self._ready.append(item)
-                if self._idle:
-                    self._work.notify()
+                if self._idle and not self._waking:
+                    self._wake_one()
         if not self._threads:
             self._ensure_started()
         return item.handle
@@ -369,6 +377,8 @@ class DeliveryEngine:
                 if self._ready:
                     item = self._ready.popleft()
                     self._in_flight.add(item)
+                    if self._ready and self._idle and not self._waking:
+                        self._wake_one()  # pass the wake-up on: callers only wake one
                     return item
                 wait = delayed[0][0] - now if delayed else None
                 if self.outbox is not None and not self._refilling:
@@ -378,7 +388,8 @@ class DeliveryEngine:
                     until_refill = max(0.0, self._next_refill - now)
                     wait = until_refill if wait is None else min(wait, until_refill)
                 self._idle += 1
-                self._work.wait(wait)
+                if self._work.wait(wait) and self._waking:
+                    self._waking -= 1
                 self._idle -= 1
 
     def _refill(self) -> None:
