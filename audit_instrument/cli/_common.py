@@ -54,7 +54,8 @@ else:
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
     """The optional positional ``DB`` argument of the store commands."""
     parser.add_argument(
-        "db", nargs="?", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB})"
+        "db", nargs="?", default=DEFAULT_DB, metavar="DB",
+        help=f"store file (default {DEFAULT_DB})",
     )
 
 

@@ -26,9 +26,11 @@ def register(commands: Commands) -> None:
             "No account or server needed."
         ),
     )
-    parser.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB})")
     parser.add_argument(
-        "--jsonl", default="audit.jsonl",
+        "--db", default=DEFAULT_DB, metavar="PATH", help=f"store file (default {DEFAULT_DB})"
+    )
+    parser.add_argument(
+        "--jsonl", default="audit.jsonl", metavar="PATH",
         help="also append the events to this JSON-lines file (default audit.jsonl)",
     )
     parser.add_argument("--no-jsonl", action="store_true", help="don't write the JSON-lines file")
