@@ -121,6 +121,31 @@ def test_same_idempotency_key_is_stored_once(db: Path) -> None:
         assert store.verify().ok
 
 
+def test_same_event_from_many_threads_at_once_is_stored_once(db: Path) -> None:
+    events = [make_event(i) for i in range(20)]
+    results: list[int | None] = []
+    lock = threading.Lock()
+    with AuditStore(db) as store:
+        start = threading.Barrier(6)
+
+        def run() -> None:
+            start.wait()
+            for event in events:
+                seq = store.send(event)
+                with lock:
+                    results.append(seq)
+
+        workers = [threading.Thread(target=run) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert store.count() == 20
+        assert store.verify().ok
+    stored = [seq for seq in results if seq is not None]
+    assert sorted(stored) == list(range(1, 21))  # each event got one row; the rest None
+
+
 def test_reopening_continues_the_chain(db: Path) -> None:
     fill(db, 3)
     with AuditStore(db) as store:
