@@ -1,6 +1,6 @@
 """Outbox write throughput vs a naive commit-per-event writer; a backlog while the server is down.
 
-Run:  python benchmarks/bench_outbox.py [--threads 8] [--events 40000] [--down-events 1000000]
+Run:  python benchmarks/bench_outbox.py [--threads 32] [--events 40000] [--down-events 1000000]
 
 1. Events/s committed to the outbox (group commit, ``synchronous=FULL``) by
    several threads, beside a naive writer that commits each event in its own
