@@ -388,7 +388,10 @@ class DeliveryEngine:
                     until_refill = max(0.0, self._next_refill - now)
                     wait = until_refill if wait is None else min(wait, until_refill)
                 self._idle += 1
-                if self._work.wait(wait) and self._waking:
+                self._work.wait(wait)
+                # Count down on any return, notified or timed out: undercounting only
+                # costs a spare wake-up later, overcounting would leave work asleep.
+                if self._waking:
                     self._waking -= 1
                 self._idle -= 1
 
@@ -455,6 +458,15 @@ class DeliveryEngine:
                 f"rejected with HTTP {status}: {message}", status=status, retryable=False),
                 dead=True)
 
+    def _record(self, what: str, *args: object, **kwargs: object) -> None:
+        """Tell the outbox an outcome; a closed or failing outbox is logged, not raised
+        (the event stays pending on disk and is sent again, with the same key)."""
+        assert self.outbox is not None
+        try:
+            getattr(self.outbox, what)(*args, **kwargs)
+        except AuditError as exc:
+            logger.warning("audit_instrument: outbox %s not recorded: %s", what, exc)
+
     def _landed(self, item: _Item) -> bool:
         """The request of ``item`` ended; ``False`` if shutdown already gave up on it."""
         with self._lock:
@@ -497,7 +509,7 @@ class DeliveryEngine:
                    f"{item.attempts} attempt(s); last error: {error}")
         if self.outbox is not None:
             # Durable: not given up, only handed back to the outbox for a later retry.
-            self.outbox.release(item.event.idempotency_key, retry_in=self.retry.max_backoff)
+            self._record("release", item.event.idempotency_key, retry_in=self.retry.max_backoff)
             self._release(item)
             if item.handle is not None:
                 item.handle._settle(DeliveryError(message + " (still pending in the outbox)",
@@ -508,7 +520,7 @@ class DeliveryEngine:
 
     def _finish_delivered(self, item: _Item) -> None:
         if self.outbox is not None:
-            self.outbox.delivered(item.event.idempotency_key)
+            self._record("delivered", item.event.idempotency_key)
         with self._lock:
             self._pending -= 1
             self.delivered += 1
@@ -521,9 +533,9 @@ class DeliveryEngine:
     def _finish_failed(self, item: _Item, error: DeliveryError, *, dead: bool) -> None:
         if self.outbox is not None:
             if dead:
-                self.outbox.dead(item.event.idempotency_key, error.status, str(error))
+                self._record("dead", item.event.idempotency_key, error.status, str(error))
             else:
-                self.outbox.release(item.event.idempotency_key, retry_in=self.retry.max_backoff)
+                self._record("release", item.event.idempotency_key, retry_in=self.retry.max_backoff)
         with self._lock:
             self._pending -= 1
             self.failed += 1
@@ -542,7 +554,7 @@ class DeliveryEngine:
     def _abandon(self, item: _Item, reason: str) -> None:
         """An item leaves memory undelivered because the engine stops."""
         if self.outbox is not None:
-            self.outbox.release(item.event.idempotency_key, retry_in=0.0)
+            self._record("release", item.event.idempotency_key, retry_in=0.0)
             if item.handle is not None:
                 item.handle._settle(DeliveryError(
                     f"engine {reason} before delivery (still pending in the outbox)",
