@@ -147,11 +147,12 @@ def user_party(user: object) -> tuple[str, str] | None:
     (``identity``, ``display_name``). A plain string is taken as both id and
     name (``REMOTE_USER``).
     """
-    if user is None or user == "":
+    if user is None:
         return None
     if isinstance(user, str):
-        return user, user
-    if _attribute(user, "is_authenticated") is False:
+        return (user, user) if user else None
+    kind = type(user)
+    if kind is not dict and kind is not tuple and _attribute(user, "is_authenticated") is False:
         return None
     party = resolve_party(user)
     if party is not None:

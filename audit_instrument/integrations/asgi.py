@@ -84,7 +84,9 @@ class AuditMiddleware:
             elif name == b"x-forwarded-for":
                 forwarded.append(value.decode("latin-1"))
         client = scope.get("client")
-        user = await settle("actor", binder.user(scope, _scope_user))
+        user = binder.user(scope, _scope_user)
+        if hasattr(user, "__await__"):  # an async resolver
+            user = await settle("actor", user)
         with binder.bind(
             scope,
             user,
