@@ -323,3 +323,40 @@ def test_soak_10k_events_against_30_percent_random_faults(
     stats = remote.stats()
     assert stats["accepted"] == 10_000
     assert stats["requests"] > 12_000  # the faults really happened
+
+
+# -- configuration and the httpx transport seam ------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_in_flight": 0}, {"queue_size": 0}, {"when_full": "wait"}, {"timeout": -1},
+     {"retry": "fast"}, {"api": "v2"}],
+    ids=["in-flight", "queue", "when-full", "timeout", "retry", "api"],
+)
+def test_bad_delivery_options_are_config_errors(kwargs: dict[str, Any]) -> None:
+    from audit_instrument import AuditConfigError
+
+    with pytest.raises(AuditConfigError):
+        WorkOS(API_KEY, base_url="http://127.0.0.1:9", **kwargs)
+
+
+def test_retry_policy_rejects_nonsense() -> None:
+    from audit_instrument import AuditConfigError
+
+    with pytest.raises(AuditConfigError, match="max_backoff"):
+        RetryPolicy(initial_backoff=5, max_backoff=1)
+    with pytest.raises(AuditConfigError, match="deadline"):
+        RetryPolicy(deadline=-1)
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(), Fault.status_code(503), Fault.slow(2.0)],
+                         ids=["reset", "503", "timeout"])
+def test_any_httpx_transport_can_carry_the_requests(
+    server: WorkOSServer, make_workos: MakeWorkOS, fault: Fault
+) -> None:
+    import httpx
+
+    server.script(fault)
+    workos = make_workos(transport=httpx.HTTPTransport(), timeout=0.3)
+    handle = workos.create_event(USER_LOGIN)
+    handle.result(timeout=5)
+    assert len(server.requests_for(handle.event.idempotency_key)) == 2

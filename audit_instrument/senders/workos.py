@@ -155,6 +155,8 @@ class WorkOS:
         self.target_type = target_type
         self.version = version
         self._path = _PATHS[api]
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise AuditConfigError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
         retry = retry or RetryPolicy()
         if deadline is not None:
             retry = replace(retry, deadline=deadline)
