@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -35,6 +37,24 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {condition}")
         time.sleep(interval)
+
+
+def wait_child(pid: int, timeout: float = 30.0) -> int:
+    """A forked child's exit code; kill it and fail if it has not exited in time.
+
+    A bare ``os.waitpid(pid, 0)`` would hang the whole suite if the child
+    deadlocked (a lock held across fork); this fails the one test instead.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"forked child {pid} still running after {timeout}s")
+        time.sleep(0.01)
 
 
 @pytest.fixture

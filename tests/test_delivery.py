@@ -21,6 +21,7 @@ from _workos_helpers import (
     ServerProcess,
     event,
 )
+from conftest import wait_child
 from workos_server import Fault, WorkOSServer
 
 from audit_instrument import DeliveryError, signals
@@ -244,10 +245,10 @@ def test_forked_child_delivers_with_its_own_thread_and_client(
             os.write(write_end, str(code).encode())
             os._exit(code)
     os.close(write_end)
-    _, status = os.waitpid(pid, 0)
+    exit_code = wait_child(pid, timeout=20)
     report = os.read(read_end, 10)
     os.close(read_end)
-    assert report == b"0" and os.waitstatus_to_exitcode(status) == 0
+    assert report == b"0" and exit_code == 0
     assert child_event.idempotency_key in server.accepted
     workos.create_event(event(2)).result(timeout=5)  # the parent is unaffected
     assert server.accepted_count == 3

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _workos_helpers import API_KEY, FAST, ServerProcess, event
-from conftest import wait_for
+from conftest import wait_child, wait_for
 from workos_server import WorkOSServer
 
 from audit_instrument import AuditConfigError, DeliveryError
@@ -237,6 +237,7 @@ def test_outbox_survives_fork_with_its_own_connection(
     path = tmp_path / "outbox.db"
     workos = make_workos(outbox=path)
     workos.create_event(event(0)).result(timeout=5)
+    workos.flush(timeout=5)  # fork with the delivery threads idle, as an app would
     child_event = event(1)
     pid = os.fork()
     if pid == 0:
@@ -246,8 +247,8 @@ def test_outbox_survives_fork_with_its_own_connection(
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid, timeout=20) == 0
     assert child_event.idempotency_key in server.accepted
     workos.create_event(event(2)).result(timeout=5)
     assert FAST.deadline > 0 and server.accepted_count == 3
+

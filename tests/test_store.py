@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from _audit_store import T0, fill, make_event, raw, swap_rows
+from conftest import wait_child
 
 from audit_instrument import (
     AuditConfigError,
@@ -273,8 +274,7 @@ def test_child_process_after_fork_writes_with_its_own_connection(db: Path) -> No
             code = 0 if store.send(make_event(1)) == 2 else 3
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(pid, timeout=20) == 0
     assert store.send(make_event(2)) == 3
     assert store.verify().ok
     store.close()

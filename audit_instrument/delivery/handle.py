@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -30,6 +31,16 @@ _STATE_NAMES = {_PENDING: "pending", _DELIVERED: "delivered", _FAILED: "failed"}
 # One lock for every handle: completion and waiter registration are rare and
 # short, and a per-handle lock would cost the caller an allocation per event.
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A delivery thread of the parent may have held the lock at fork time; in
+    # the child that thread is gone and the lock would stay taken for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 class DeliveryHandle:
