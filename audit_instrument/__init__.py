@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import signals
 from .config import DEFAULT_MASK, Sender, configure, settings
 from .context import AuditContext, audit_actor, audit_context, bind_context, current_context
@@ -22,8 +24,23 @@ from .errors import AuditConfigError, AuditError, AuditValidationError, Delivery
 from .event import ActionType, AuditEvent
 from .instrument import AuditBuilder, audit
 from .signals import emit
+from .store import AuditStore
+from .threads import ContextThread, ContextThreadPoolExecutor, run_in_executor
+
+if TYPE_CHECKING:
+    from .senders.workos import WorkOS
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # WorkOS pulls in httpx (~90 ms): imported on first use, not with the package.
+    if name == "WorkOS":
+        from .senders.workos import WorkOS
+
+        return WorkOS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MASK",
@@ -33,9 +50,13 @@ __all__ = [
     "AuditContext",
     "AuditError",
     "AuditEvent",
+    "AuditStore",
     "AuditValidationError",
+    "ContextThread",
+    "ContextThreadPoolExecutor",
     "DeliveryError",
     "Sender",
+    "WorkOS",
     "__version__",
     "audit",
     "audit_actor",
@@ -44,6 +65,7 @@ __all__ = [
     "configure",
     "current_context",
     "emit",
+    "run_in_executor",
     "settings",
     "signals",
 ]
