@@ -51,8 +51,7 @@ def _library_version() -> str:
         return "0"
 
 
-USER_AGENT = (f"audit_instrument/{_library_version()} (python {platform.python_version()}; "
-              f"httpx {httpx.__version__})")
+USER_AGENT = f"audit_instrument/{_library_version()} (python {platform.python_version()})"
 
 
 class _Secret:
