@@ -261,13 +261,25 @@ def test_pid_check_rebuilds_state_when_fork_hooks_were_skipped(
     workos.create_event(event(0)).result(timeout=5)
     engine = workos.engine
     old_threads = engine._threads
-    engine._pid = -1  # as if we were in a child that skipped os.register_at_fork
-    workos.create_event(event(1)).result(timeout=5)
+    # Recreate what a child forked without the os.register_at_fork hooks inherits:
+    # the parent's state, but none of its threads, and maybe the engine lock held
+    # by a thread that does not exist there. (Leaving the threads running instead
+    # is not a child at all: they would keep using the engine while its lock and
+    # conditions are replaced under them, and deadlock the process.)
+    with engine._lock:
+        engine._stopping = True
+        engine._work.notify_all()
+    for thread in old_threads:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in old_threads)
+    engine._lock.acquire()  # held by a thread that did not survive the fork
+    engine._pid = -1
+    child_event = event(1)
+    workos.create_event(child_event).result(timeout=5)  # the inherited lock is not waited on
+    assert child_event.idempotency_key in server.accepted
     assert engine._pid == os.getpid() and engine._threads and engine._threads is not old_threads
-    for thread in old_threads:  # the "parent's" threads are still the parent's business
-        assert thread.is_alive()
     engine_threads = engine._threads
-    workos.shutdown(2)
+    assert workos.shutdown(2) == 0
     assert not any(t.is_alive() for t in engine_threads)
 
 
