@@ -28,6 +28,7 @@ logger = logging.getLogger("audit_instrument")
 
 Req = TypeVar("Req")
 T = TypeVar("T")
+R = TypeVar("R")
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -296,6 +297,31 @@ class RequestBlock:
         _current.reset(self._token)
 
 
+def call_in(bound: AuditContext, fn: Callable[..., R], *args: Any) -> R:
+    """Call ``fn(*args)`` with ``bound`` as the audit context, then restore the caller's."""
+    token = _current.set(bound)
+    try:
+        return fn(*args)
+    finally:
+        _current.reset(token)
+
+
+def steps_in(bound: AuditContext, iterator: Iterator[T]) -> Iterator[T]:
+    """Yield each item of ``iterator``, produced with ``bound`` as the audit context.
+
+    The caller's context is restored between items; closing is left to the caller.
+    """
+    while True:
+        token = _current.set(bound)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            _current.reset(token)
+        yield chunk
+
+
 def iterate_in(bound: AuditContext, iterable: Iterable[T]) -> Iterator[T]:
     """Yield from ``iterable`` with ``bound`` as the audit context of each step.
 
@@ -305,23 +331,11 @@ def iterate_in(bound: AuditContext, iterable: Iterable[T]) -> Iterator[T]:
     """
     iterator = iter(iterable)
     try:
-        while True:
-            token = _current.set(bound)
-            try:
-                chunk = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                _current.reset(token)
-            yield chunk
+        yield from steps_in(bound, iterator)
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
-            token = _current.set(bound)
-            try:
-                close()
-            finally:
-                _current.reset(token)
+            call_in(bound, close)
 
 
 async def aiterate_in(bound: AuditContext, iterable: Any) -> AsyncIterator[Any]:

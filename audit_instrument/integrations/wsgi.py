@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from ..context import AuditContext, _current
-from ._common import RequestBinder
+from ..context import AuditContext
+from ._common import RequestBinder, call_in, steps_in
 
 __all__ = ["AuditMiddleware"]
 
@@ -48,30 +48,13 @@ class _Body:
 
     def __iter__(self) -> Iterator[bytes]:
         bound = self._bound
-        token = _current.set(bound)
-        try:
-            iterator = iter(self._body)
-        finally:
-            _current.reset(token)
-        while True:
-            token = _current.set(bound)
-            try:
-                chunk = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                _current.reset(token)
-            yield chunk
+        yield from steps_in(bound, call_in(bound, iter, self._body))
 
     def close(self) -> None:
         """PEP 3333: the server calls this once, whether or not it iterated."""
         close = getattr(self._body, "close", None)
         if close is not None:
-            token = _current.set(self._bound)
-            try:
-                close()
-            finally:
-                _current.reset(token)
+            call_in(self._bound, close)
 
 
 class AuditMiddleware:
