@@ -52,13 +52,17 @@ class Binder:
         self.bind: Callable[[object, tuple[Any, ...], dict[str, Any]], dict[str, Any]]
         if self.simple and not self.defaults:
             names = self.names
+            count = len(names)
             shift = takes_instance is not False and bool(names)
+            fill = _filler(names)
 
             def bind_positional(
                 instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> dict[str, Any]:
                 if shift and instance is not None:
                     args = (instance, *args)
+                if not kwargs and len(args) == count:
+                    return fill(args)
                 bound = dict(zip(names, args))
                 if kwargs:
                     bound.update(kwargs)
@@ -91,6 +95,27 @@ class Binder:
             else:
                 out[name] = value
         return out
+
+
+def _filler(names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
+    """``args -> dict(zip(names, args))`` for exactly ``len(names)`` arguments.
+
+    A dict display is ~4x cheaper than ``dict(zip(...))``, so the usual
+    arities get one.
+    """
+    if len(names) == 1:
+        (a,) = names
+        return lambda args: {a: args[0]}
+    if len(names) == 2:
+        a, b = names
+        return lambda args: {a: args[0], b: args[1]}
+    if len(names) == 3:
+        a, b, c = names
+        return lambda args: {a: args[0], b: args[1], c: args[2]}
+    if len(names) == 4:
+        a, b, c, d = names
+        return lambda args: {a: args[0], b: args[1], c: args[2], d: args[3]}
+    return lambda args: dict(zip(names, args))
 
 
 def _has(binder: Binder, name: str, result_allowed: bool) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import wrapt
 
 from audit_instrument import (
     AuditError,
@@ -83,6 +84,39 @@ def test_decorator_preserves_name_signature_and_coroutine_flag() -> None:
     assert not inspect.iscoroutinefunction(read)
     assert inspect.iscoroutinefunction(read_async)
     assert asyncio.iscoroutinefunction(read_async)
+
+
+@pytest.mark.parametrize("arity", [1, 2, 3, 4, 5, 6])
+def test_arguments_bind_by_name_positionally_or_by_keyword(
+    events: CapturedEvents, arity: int
+) -> None:
+    names = [f"p{i}" for i in range(arity)]
+    namespace: dict[str, Any] = {}
+    exec(f"def fn({', '.join(names)}): return {names[-1]}", namespace)
+    fn = audit("tweet.read", "R", metadata=names)(namespace["fn"])
+    assert isinstance(fn, wrapt.FunctionWrapper) and fn.__wrapped__ is namespace["fn"]
+    values = list(range(arity))
+    assert fn(*values) == arity - 1
+    assert fn(*values[:-1], **{names[-1]: "kw"}) == "kw"
+    assert fn(**dict(zip(names, values, strict=True))) == arity - 1
+    expected = dict(zip(names, values, strict=True))
+    assert [dict(e.metadata) for e in events.events] == [
+        expected,
+        {**expected, names[-1]: "kw"},
+        expected,
+    ]
+
+
+def test_a_bound_method_can_be_decorated_directly(events: CapturedEvents) -> None:
+    class Plain:
+        def update(self, tweet_id: int, body: str) -> str:
+            return body
+
+    update = audit("tweet.update", "U", target=lambda tweet_id: (f"tweet_{tweet_id}", "a"))(
+        Plain().update
+    )
+    assert update(1, "direct") == "direct"
+    assert events.one().target_id == "tweet_1"
 
 
 def test_target_and_metadata_by_parameter_name_and_result(events: CapturedEvents) -> None:
