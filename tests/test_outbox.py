@@ -157,10 +157,13 @@ def test_read_only_file_is_a_clear_config_error(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import sys
     from audit_instrument import AuditEvent
-    from audit_instrument.delivery import RetryPolicy
+    from audit_instrument.delivery import Outbox, RetryPolicy
     from audit_instrument.senders.workos import WorkOS
     url, path, mode, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    workos = WorkOS("sk_test", base_url=url, outbox=path, atexit_timeout=0,
+    # NORMAL survives a process crash (what these tests do) and, without an fsync
+    # per event, emits far faster than the server accepts: the kill lands mid-delivery.
+    workos = WorkOS("sk_test", base_url=url, outbox=Outbox(path, synchronous="NORMAL"),
+                    atexit_timeout=0,
                     retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05))
     if mode == "emit":
         for n in range(count):

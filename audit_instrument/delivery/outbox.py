@@ -6,9 +6,11 @@ deletes what the server accepted. After a crash or a restart, whatever is
 still pending is sent again with its original ``Idempotency-Key``, so the
 server drops duplicates.
 
-* **Group commit.** One writer thread per process turns everything queued
-  while the previous transaction committed into one transaction, so many
-  threads pay for one fsync.
+* **Group commit.** Everything queued while the previous transaction
+  committed goes into one transaction, so many threads pay for one fsync.
+  Under load a writer thread commits the batches; when the previous commit
+  was small (light load), a caller that finds nothing being committed
+  commits its own event, sparing two thread hand-offs.
 * **Shared safely.** Threads share one connection under a lock; processes
   share the file through SQLite's locking. A process *claims* rows with a
   lease (owner, pid, expiry) in one ``UPDATE … RETURNING``; another process
@@ -49,6 +51,8 @@ from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .handle import DeliveryHandle
 
 __all__ = ["DeadLetter", "Outbox", "OutboxStatus"]
@@ -78,10 +82,16 @@ CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT
 INSERT OR IGNORE INTO outbox_meta VALUES ('delivered', 0);
 """
 _ROWS_PER_INSERT = 500
+# A caller commits its own write (no hand-off to the writer thread and back)
+# only when nothing is being committed and the previous commit had at most
+# this many operations: light load. Under heavy load the writer thread batches.
+_LEAD_MAX_BATCH = 2
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once
 
 
 def _record(event: AuditEvent) -> str:
-    return json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
+    return _encode(event.to_record())
 
 
 @functools.lru_cache(maxsize=64)
@@ -116,39 +126,27 @@ class DeadLetter:
 
 
 class _Ticket:
-    """One group commit: every caller whose write is in it waits for it.
+    """One group commit: its ``gate`` is held until the commit is done.
 
-    Each waiter blocks on a lock of its own that the writer releases: no
-    shared condition for dozens of threads to stampede on when it commits.
+    Every caller whose write is in it passes through the gate (acquire, then
+    release): the committer wakes one waiter and each woken waiter wakes the
+    next, instead of one thread releasing dozens of locks while the woken
+    ones pile up on the GIL. Measured: about half the context switches and
+    CPU per event of one lock per waiter.
     """
 
-    __slots__ = ("error", "finished", "waiters")
+    __slots__ = ("error", "gate")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
-        self.finished = False
-        self.waiters: list[Any] = []
-
-    def waiter(self) -> Any:
-        """A held lock that :meth:`finish` releases (call under the queue lock)."""
-        lock = _allocate_lock()
-        lock.acquire()
-        self.waiters.append(lock)
-        return lock
-
-    def finish(self, error: BaseException | None) -> None:
-        self.error = error
-        self.finished = True
-        for lock in self.waiters:
-            lock.release()
+        self.gate = _allocate_lock()
+        self.gate.acquire()
 
     def wait(self, timeout: float | None) -> bool:
-        """Wait without registering a waiter of one's own (for ``sync``)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.finished:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
+        """Wait until the commit is done; ``False`` on timeout."""
+        if not self.gate.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        self.gate.release()
         return True
 
 
@@ -194,11 +192,18 @@ class Outbox:
         self._owner = f"{self._pid}:{secrets.token_hex(6)}"
         self._db_lock = threading.Lock()
         self._queue_lock = threading.Lock()
-        self._wake = threading.Condition(self._queue_lock)
+        self._wake = threading.Condition(self._queue_lock)  # the writer waits for its turn
+        self._idle = threading.Condition(self._queue_lock)  # close() waits for the last commit
         self._ops: list[tuple[str, tuple[Any, ...]]] = []
-        self._ticket = _Ticket()
+        self._ticket = _Ticket()  # the next commit's
         self._committing: _Ticket | None = None
+        # Whether some thread (a caller or the writer) is committing and will
+        # look at ``_ops`` again before giving up this role: while queued
+        # operations exist, someone always is.
+        self._busy = False
+        self._last_batch = 0
         self._writer: threading.Thread | None = None
+        self._writer_turn = False
         self._writer_waiting = False
         self._closing = False
         self._closed = False
@@ -259,17 +264,61 @@ class Outbox:
         from this process. Raises :class:`~audit_instrument.DeliveryError`
         if the write fails.
         """
-        self._check_pid()
         now = time.time()
         key = event.idempotency_key
         if handle is not None:
             self._watched[key] = handle
-        # The writer thread serialises the event: measured ~25% more events/s from
-        # many threads than each caller doing it (less work per wake-up of a caller).
-        params = ((key, event, now, self._owner, self._pid, now + lease) if owned
-                  else (key, event, now, None, None, 0.0))
-        ticket, waiter = self._enqueue("add", params, wait=True)
-        if not waiter.acquire(timeout=self.busy_timeout + 5.0):
+        # The committer serialises the event, not the caller: measured ~25% more
+        # events/s from many threads (callers hold the GIL less between waits).
+        self._write([("add", (key, event, now, self._owner, self._pid, now + lease) if owned
+                      else (key, event, now, None, None, 0.0))])
+
+    def add_many(self, events: Iterable[AuditEvent], *, owned: bool = False,
+                 lease: float = 360.0) -> None:
+        """Commit several events as pending in one transaction; return once on disk.
+
+        For bulk producers: one wait for the whole lot instead of one per
+        event. All or none are written; raises
+        :class:`~audit_instrument.DeliveryError` if the write fails.
+
+        >>> box.add_many(events)                    # doctest: +SKIP
+        """
+        now = time.time()
+        ops: list[tuple[str, tuple[Any, ...]]]
+        if owned:
+            owner, pid, until = self._owner, self._pid, now + lease
+            ops = [("add", (e.idempotency_key, e, now, owner, pid, until)) for e in events]
+        else:
+            ops = [("add", (e.idempotency_key, e, now, None, None, 0.0)) for e in events]
+        if ops:
+            self._write(ops)
+
+    def _write(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Queue ``ops`` and return once they are committed."""
+        self._check_pid()
+        lead = False
+        with self._queue_lock:
+            if self._closing:
+                raise DeliveryError(f"outbox {str(self.path)!r} is closed")
+            ticket = self._ticket
+            if self._busy:
+                self._ops.extend(ops)  # the committer takes it with the next batch
+            else:
+                self._busy = True
+                if self._last_batch <= _LEAD_MAX_BATCH:
+                    ops = self._ops + ops if self._ops else ops
+                    self._ops = []
+                    self._take(ticket, ops)
+                    lead = True
+                else:
+                    self._ops.extend(ops)
+                    self._hand_to_writer()
+        if lead:
+            try:
+                self._commit(ops, ticket)
+            finally:
+                self._commit_done()
+        elif not ticket.wait(self.busy_timeout + 5.0):
             raise DeliveryError(f"outbox {str(self.path)!r}: commit timed out", retryable=True)
         if ticket.error is not None:
             raise DeliveryError(f"outbox {str(self.path)!r}: write failed: {ticket.error}",
@@ -287,43 +336,75 @@ class Outbox:
         """Give ``key``'s event back (no owner), to be claimed again in ``retry_in`` seconds."""
         self._enqueue("release", (time.time() + retry_in, key))
 
-    def _enqueue(self, kind: str, params: tuple[Any, ...], wait: bool = False
-                 ) -> tuple[_Ticket, Any]:
+    def _enqueue(self, kind: str, params: tuple[Any, ...]) -> None:
+        # Outcomes from the delivery workers: committed by the writer thread, not waited for.
         self._check_pid()
         with self._queue_lock:
             if self._closing:
                 raise DeliveryError(f"outbox {str(self.path)!r} is closed")
             self._ops.append((kind, params))
-            ticket = self._ticket
-            waiter = ticket.waiter() if wait else None
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                                name="audit-instrument-outbox-writer")
-                self._writer.start()
-            elif self._writer_waiting:
-                self._wake.notify()
-        return ticket, waiter
+            if not self._busy:
+                self._busy = True
+                self._hand_to_writer()
+
+    # The committer role, under the queue lock: ``_busy`` is set by whoever takes it.
+    def _take(self, ticket: _Ticket, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self._ticket = _Ticket()
+        self._committing = ticket
+        self._last_batch = len(ops)
+
+    def _hand_to_writer(self) -> None:
+        self._writer_turn = True
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake.notify()
+        elif self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                            name="audit-instrument-outbox-writer")
+            self._writer.start()
+
+    def _commit_done(self) -> None:
+        """After a caller's own commit: what was queued meanwhile goes to the writer."""
+        with self._queue_lock:
+            if self._ops:
+                self._hand_to_writer()
+            else:
+                self._busy = False
+                if self._closing:
+                    self._idle.notify_all()
+
+    def _commit(self, ops: list[tuple[str, tuple[Any, ...]]], ticket: _Ticket) -> None:
+        try:
+            with self._db_lock:
+                self._apply(ops)
+        except BaseException as exc:
+            ticket.error = exc
+            if isinstance(exc, Exception):
+                logger.error("audit_instrument: outbox %s: commit of %d operation(s) failed: %s",
+                             self.path, len(ops), exc)
+            else:
+                raise
+        finally:
+            ticket.gate.release()
 
     def _write_loop(self) -> None:
         while True:
             with self._queue_lock:
-                while not self._ops and not self._closing:
+                while not self._writer_turn:
+                    if self._closing:
+                        self._writer = None
+                        return
                     self._writer_waiting = True
                     self._wake.wait()
-                    self._writer_waiting = False
-                if not self._ops:
-                    return
+                if not self._ops:  # every queued operation is committed: give up the role
+                    self._writer_turn = self._busy = False
+                    if self._closing:
+                        self._idle.notify_all()
+                    continue
                 ops, self._ops = self._ops, []
-                ticket, self._ticket = self._ticket, _Ticket()
-                self._committing = ticket
-            try:
-                with self._db_lock:
-                    self._apply(ops)
-            except Exception as exc:
-                ticket.error = exc
-                logger.error("audit_instrument: outbox %s: commit of %d operation(s) failed: %s",
-                             self.path, len(ops), exc)
-            ticket.finish(ticket.error)
+                ticket = self._ticket
+                self._take(ticket, ops)
+            self._commit(ops, ticket)
 
     def _apply(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
         groups: dict[str, list[tuple[Any, ...]]] = {}
@@ -477,14 +558,19 @@ class Outbox:
         """Commit what is queued, stop the writer and close the file."""
         if self._pid != os.getpid():
             self._after_fork()
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._queue_lock:
             if self._closed:
                 return
-            self._closing = True
+            self._closing = True  # no new writes from now on
+            while self._busy:  # let the last commit finish
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not self._idle.wait(left):
+                    break
             self._wake.notify_all()
             writer = self._writer
         if writer is not None:
-            writer.join(timeout)
+            writer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         with self._db_lock:
             self._closed = True
             self._conn.close()
