@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from audit_instrument import (
+    AuditContext,
     AuditValidationError,
     audit,
     audit_actor,
@@ -65,6 +67,16 @@ def test_bad_context_values_are_rejected() -> None:
         audit_actor({"id": "u"}, group=5)  # type: ignore[arg-type]
     with pytest.raises(AuditValidationError, match="actor"):
         audit_actor("user_1")
+
+
+def test_bound_contexts_are_ordinary_frozen_audit_contexts() -> None:
+    with audit_actor({"id": "u1", "email": "a@b.c"}, group="g", location="l", user_agent="ua"):
+        ctx = current_context()
+    assert type(ctx) is AuditContext
+    assert ctx == AuditContext("u1", "a@b.c", "g", "l", "ua")
+    assert hash(ctx) == hash(AuditContext("u1", "a@b.c", "g", "l", "ua"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.group = "other"  # type: ignore[misc]
 
 
 def test_nesting_restores_outer_values_even_on_error() -> None:

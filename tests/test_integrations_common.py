@@ -50,6 +50,19 @@ class TestTrustedProxies:
         assert proxies.client_ip("testclient", "203.0.113.7") == "testclient"
         assert proxies.client_ip("10.0.0.1", None) == "10.0.0.1"
 
+    def test_answers_are_remembered_and_the_memory_is_bounded(self) -> None:
+        proxies = TrustedProxies(["10.0.0.0/8"])
+        for n in range(5000):
+            assert proxies.client_ip("10.0.0.1", f"203.0.{n // 256}.{n % 256}") == (
+                f"203.0.{n // 256}.{n % 256}"
+            )
+        assert proxies.client_ip("10.0.0.1", "203.0.0.7") == "203.0.0.7"  # asked again
+        assert 0 < len(proxies._seen) <= 4096
+        long_chain = ", ".join(["10.0.0.2"] * 100) + ", 203.0.113.7, 10.0.0.3"
+        assert proxies.client_ip("10.0.0.1", long_chain) == "203.0.113.7"
+        assert ("10.0.0.1", long_chain) not in proxies._seen  # long headers are not kept
+        assert proxies.client_ip("10.0.0.1", "x" * 5000 + ", 10.0.0.3") == "10.0.0.3"
+
     @pytest.mark.parametrize("bad", ["10.0.0.0/33", "proxy.internal", 10])
     def test_bad_configuration_is_a_config_error(self, bad: object) -> None:
         with pytest.raises(AuditConfigError, match="trusted_proxies"):

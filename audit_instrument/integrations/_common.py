@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from ..config import settings
-from ..context import AuditContext, _current, resolve_party
+from ..context import AuditContext, _current, _new_context, resolve_party
 from ..errors import AuditConfigError
 
 __all__ = ["RequestBinder", "RequestBlock", "TrustedProxies", "user_party"]
@@ -33,7 +33,12 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@functools.lru_cache(maxsize=4096)
+_MAX_CACHED = 4096
+_MAX_CACHED_HEADER = 256  # longer X-Forwarded-For headers are walked every time
+_MAX_HOP = 64  # no IP address with port and brackets is longer: not cached, not an IP
+
+
+@functools.lru_cache(maxsize=_MAX_CACHED)
 def _parse_address(text: str) -> _Address | None:
     """An IP from a peer or ``X-Forwarded-For`` entry; ports and brackets removed.
 
@@ -69,7 +74,7 @@ class TrustedProxies:
     '192.0.2.1'
     """
 
-    __slots__ = ("_enabled", "_everyone", "_hop", "_networks")
+    __slots__ = ("_enabled", "_everyone", "_hop", "_networks", "_seen")
 
     def __init__(self, proxies: Iterable[str] | str = ()) -> None:
         if isinstance(proxies, str):
@@ -94,7 +99,8 @@ class TrustedProxies:
                 ) from None
         self._networks = tuple(networks)
         self._enabled = self._everyone or bool(self._networks)
-        self._hop = functools.lru_cache(maxsize=4096)(self._classify)
+        self._hop = functools.lru_cache(maxsize=_MAX_CACHED)(self._classify)
+        self._seen: dict[tuple[str, str], str] = {}
 
     def __bool__(self) -> bool:
         return self._enabled
@@ -116,14 +122,28 @@ class TrustedProxies:
         ``X-Forwarded-For`` is read only when ``peer`` is trusted; it is then
         walked from the right (the hop nearest to us) past trusted proxies.
         An entry that is not an IP stops the walk at the last verified hop.
+        Answers for short headers are remembered (a few thousand): the same
+        proxies and clients come back request after request.
         """
         if not forwarded_for or peer is None or not self._enabled:
             return peer
+        key = (peer, forwarded_for)
+        seen = self._seen.get(key)
+        if seen is not None:
+            return seen
+        found = self._walk(peer, forwarded_for)
+        if found is not None and len(forwarded_for) <= _MAX_CACHED_HEADER:
+            if len(self._seen) >= _MAX_CACHED:
+                self._seen.clear()
+            self._seen[key] = found
+        return found
+
+    def _walk(self, peer: str, forwarded_for: str) -> str | None:
         closest, trusted = self._hop(peer)
         if closest is None or not trusted:
             return peer
         for hop in reversed(forwarded_for.split(",")):
-            address, trusted = self._hop(hop)
+            address, trusted = self._hop(hop) if len(hop) <= _MAX_HOP else (None, False)
             if address is None:
                 break
             closest = address
@@ -148,12 +168,14 @@ def user_party(user: object) -> tuple[str, str] | None:
     (``identity``, ``display_name``). A plain string is taken as both id and
     name (``REMOTE_USER``).
     """
+    kind = type(user)
+    if kind is tuple or kind is dict:
+        return resolve_party(user)
     if user is None:
         return None
     if isinstance(user, str):
         return (user, user) if user else None
-    kind = type(user)
-    if kind is not dict and kind is not tuple and _attribute(user, "is_authenticated") is False:
+    if _attribute(user, "is_authenticated") is False:
         return None
     party = resolve_party(user)
     if party is not None:
@@ -224,7 +246,7 @@ class RequestBinder(Generic[Req]):
         """The request's user, from the ``actor`` resolver or ``default``."""
         return _call("actor", self.actor or default, request)
 
-    def bind(
+    def context(
         self,
         request: Req,
         user: object,
@@ -232,11 +254,10 @@ class RequestBinder(Generic[Req]):
         peer: str | None,
         forwarded_for: str | None,
         user_agent: str | None,
-    ) -> RequestBlock:
-        """The block binding this request's context (enter it around the app).
-
-        Same effect as ``audit_actor(user, group=..., location=...,
-        user_agent=...)``, built directly: this runs on every request.
+    ) -> AuditContext:
+        """This request's audit context: what ``audit_actor(user, group=...,
+        location=..., user_agent=...)`` would bind, built directly, as this
+        runs on every request. Without a group, the one bound outside is kept.
         """
         try:
             party = user_party(user)
@@ -247,51 +268,48 @@ class RequestBinder(Generic[Req]):
                 "audit_instrument: could not read an actor from a %s", type(user).__name__
             )
             party = None
-        group: str | None
-        if self.group is None:
-            group = None
-        elif isinstance(self.group, str):
-            group = self.group
-        else:
-            resolved = _call("group", self.group, request)
+        group = self.group
+        if group is None:
+            group = _current.get().group
+        elif not isinstance(group, str):
+            resolved = _call("group", group, request)
             group = None if resolved is None else str(resolved)
+        if party is None:
+            actor_id = actor_name = None
+        else:
+            actor_id, actor_name = party
+        return _new_context(
+            actor_id, actor_name, group, self.proxies.client_ip(peer, forwarded_for), user_agent
+        )
+
+    def bind(
+        self,
+        request: Req,
+        user: object,
+        *,
+        peer: str | None,
+        forwarded_for: str | None,
+        user_agent: str | None,
+    ) -> RequestBlock:
+        """A block binding :meth:`context` (enter it around the app)."""
         return RequestBlock(
-            party, group, self.proxies.client_ip(peer, forwarded_for), user_agent
+            self.context(
+                request, user, peer=peer, forwarded_for=forwarded_for, user_agent=user_agent
+            )
         )
 
 
 class RequestBlock:
-    """Binds one request's :class:`AuditContext`; resets it on exit, also on error.
+    """Binds one request's :class:`AuditContext`; resets it on exit, also on error."""
 
-    ``group=None`` keeps the group bound outside the request, if any.
-    """
+    __slots__ = ("_bound", "_token")
 
-    __slots__ = ("_group", "_location", "_party", "_token", "_user_agent")
-
-    def __init__(
-        self,
-        party: tuple[str, str] | None,
-        group: str | None,
-        location: str | None,
-        user_agent: str | None,
-    ) -> None:
-        self._party = party
-        self._group = group
-        self._location = location
-        self._user_agent = user_agent
+    def __init__(self, bound: AuditContext) -> None:
+        self._bound = bound
 
     def __enter__(self) -> AuditContext:
-        party = self._party
-        group = self._group
-        bound = AuditContext(
-            actor_id=party[0] if party else None,
-            actor_name=party[1] if party else None,
-            group=group if group is not None else _current.get().group,
-            location=self._location,
-            user_agent=self._user_agent,
-        )
-        self._token = _current.set(bound)
-        return bound
+        self._token = _current.set(self._bound)
+        return self._bound
 
     def __exit__(self, *exc_info: object) -> None:
         _current.reset(self._token)

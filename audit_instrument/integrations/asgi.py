@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from ..context import _current
 from ._common import RequestBinder, settle
 
 __all__ = ["AuditMiddleware"]
@@ -76,22 +77,26 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         binder = self._binder
-        user_agent: str | None = None
-        forwarded: list[str] = []
+        user_agent = forwarded = None
         for name, value in scope.get("headers", ()):
             if name == b"user-agent":
-                user_agent = value.decode("latin-1")
+                user_agent = value
             elif name == b"x-forwarded-for":
-                forwarded.append(value.decode("latin-1"))
+                forwarded = value if forwarded is None else forwarded + b"," + value
         client = scope.get("client")
         user = binder.user(scope, _scope_user)
         if hasattr(user, "__await__"):  # an async resolver
             user = await settle("actor", user)
-        with binder.bind(
-            scope,
-            user,
-            peer=client[0] if client else None,
-            forwarded_for=",".join(forwarded) if forwarded else None,
-            user_agent=user_agent,
-        ):
+        token = _current.set(
+            binder.context(
+                scope,
+                user,
+                peer=client[0] if client else None,
+                forwarded_for=None if forwarded is None else forwarded.decode("latin-1"),
+                user_agent=None if user_agent is None else user_agent.decode("latin-1"),
+            )
+        )
+        try:
             await self.app(scope, receive, send)
+        finally:
+            _current.reset(token)
