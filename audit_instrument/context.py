@@ -102,10 +102,15 @@ def resolve_party(value: object, what: str = "actor") -> tuple[str, str] | None:
     """
     if value is None:
         return None
+    ident: Any
+    name: Any
     if type(value) is tuple and len(value) == 2 and type(value[0]) is str and value[0]:
         ident, name = value
         return ident, name if type(name) is str and name else ident
-    if isinstance(value, tuple):
+    if type(value) is dict:  # the usual mapping, without the ABC check
+        ident = value.get("id")
+        name = value.get("email") or value.get("name") or value.get("username")
+    elif isinstance(value, tuple):
         if len(value) != 2:
             raise AuditValidationError(what, "a tuple must be (id, name)", value)
         ident, name = value

@@ -7,6 +7,7 @@ import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pytest
 
@@ -46,6 +47,9 @@ def read_tweet_sync(tweet_id: int) -> None:
         ({"id": "u2", "name": "Two"}, {}, ("u2", "Two")),
         ({"id": "u3", "username": "three"}, {}, ("u3", "three")),
         ({"id": "u4"}, {}, ("u4", "u4")),
+        ({"id": 7, "email": "", "name": "Seven", "username": "s"}, {}, ("7", "Seven")),
+        ({"id": "u8", "email": "e@x.io", "name": "Eight"}, {}, ("u8", "e@x.io")),
+        (MappingProxyType({"id": "u9", "username": "nine"}), {}, ("u9", "nine")),
         (None, {"id": "u5", "name": "Five"}, ("u5", "Five")),
         (None, {"id": 6}, ("6", "6")),
     ],

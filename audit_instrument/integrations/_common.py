@@ -250,7 +250,6 @@ class RequestBinder(Generic[Req]):
         self,
         request: Req,
         user: object,
-        *,
         peer: str | None,
         forwarded_for: str | None,
         user_agent: str | None,
@@ -293,9 +292,7 @@ class RequestBinder(Generic[Req]):
     ) -> RequestBlock:
         """A block binding :meth:`context` (enter it around the app)."""
         return RequestBlock(
-            self.context(
-                request, user, peer=peer, forwarded_for=forwarded_for, user_agent=user_agent
-            )
+            self.context(request, user, peer, forwarded_for, user_agent)
         )
 
 

@@ -33,6 +33,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _BOUND_SCOPES = frozenset({"http", "websocket"})
+_PLAIN = frozenset({dict, tuple, str, type(None)})  # what a resolver returns that is no awaitable
 
 
 def _scope_user(scope: Scope) -> object:
@@ -85,15 +86,15 @@ class AuditMiddleware:
                 forwarded = value if forwarded is None else forwarded + b"," + value
         client = scope.get("client")
         user = binder.user(scope, _scope_user)
-        if hasattr(user, "__await__"):  # an async resolver
+        if type(user) not in _PLAIN and hasattr(user, "__await__"):  # an async resolver
             user = await settle("actor", user)
         token = _current.set(
             binder.context(
                 scope,
                 user,
-                peer=client[0] if client else None,
-                forwarded_for=None if forwarded is None else forwarded.decode("latin-1"),
-                user_agent=None if user_agent is None else user_agent.decode("latin-1"),
+                client[0] if client else None,
+                None if forwarded is None else forwarded.decode("latin-1"),
+                None if user_agent is None else user_agent.decode("latin-1"),
             )
         )
         try:
