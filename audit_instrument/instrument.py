@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 import wrapt
 
 from . import signals
-from ._resolve import RESULT, Binder, ResolverFn, make_resolver
+from ._resolve import RESULT, Binder, ResolverFn, make_resolver, single_parameter
 from .config import MASKED, settings
 from .context import _current, resolve_party
 from .errors import AuditError, AuditValidationError
@@ -418,6 +418,10 @@ class _Plan:
         )
         needs_args = any(r is not None for r in (target, actor, group, metadata, snapshot))
         bind = binder.bind if needs_args else _no_arguments
+        fill = binder.fill if needs_args else None
+        count = len(binder.names)
+        # target=lambda tweet_id: ...: called straight from the bound arguments
+        target_fn, target_param = single_parameter(decl.target, binder) or (None, "")
         action, action_type, fields = decl.action, decl.action_type, decl.fields
         include_unchanged, emit_on_error = decl.include_unchanged, decl.on_error == "emit"
 
@@ -436,7 +440,11 @@ class _Plan:
                 event = _make_event(
                     action,
                     action_type,
-                    target(bound, result) if target else None,
+                    target_fn(bound[target_param])
+                    if target_fn is not None
+                    else target(bound, result)
+                    if target
+                    else None,
                     actor(bound, result) if actor else None,
                     group(bound, result) if group else None,
                     None,
@@ -483,7 +491,10 @@ class _Plan:
                 return wrapped(*args, **kwargs)
             if snapshot is None:
                 try:
-                    bound = bind(instance, args, kwargs)
+                    if fill is not None and instance is None and not kwargs and len(args) == count:
+                        bound = fill(args)  # the usual call: one frame less than bind()
+                    else:
+                        bound = bind(instance, args, kwargs)
                 except Exception as error:
                     _report(action, error)
                     return wrapped(*args, **kwargs)
