@@ -261,7 +261,7 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         plan = _Plan(self, fn)
         wrapper = plan.async_wrapper if plan.is_async else plan.sync_wrapper
         if type(fn) is FunctionType:
-            return _function_wrapper(fn, wrapper)  # type: ignore[return-value, arg-type]
+            return _function_wrapper(fn, wrapper, plan.direct_call)  # type: ignore[return-value, arg-type]
         return wrapt.FunctionWrapper(fn, wrapper)  # type: ignore[return-value]
 
     # -- context manager ---------------------------------------------------
@@ -346,23 +346,22 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
 _Wrapper = Callable[[Callable[..., Any], object, tuple[Any, ...], dict[str, Any]], Any]
 
 
-def _function_wrapper(fn: FunctionType, wrapper: _Wrapper) -> wrapt.FunctionWrapper[Any, Any]:
+def _function_wrapper(
+    fn: FunctionType, wrapper: _Wrapper, call: Callable[..., Any]
+) -> wrapt.FunctionWrapper[Any, Any]:
     """``wrapt.FunctionWrapper(fn, wrapper)`` with a cheaper direct call.
 
     Called directly (not as a bound method), wrapt's ``FunctionWrapper``
     looks up ``fn.__self__`` on every call in case ``fn`` is a bound method;
     for a plain function that raises and swallows an ``AttributeError``,
     about 60 % of the wrapper's own cost. A plain function has no
-    ``__self__``, so this subclass calls ``wrapper`` straight away. Reading
-    anything off the proxy costs as much as the lookup it saves, so
-    ``fn`` and ``wrapper`` live in the closure of a class made for this one
-    function (~2 KB and ~30 µs, once, at decoration). Binding as a method, and
-    everything else, is wrapt's own.
+    ``__self__``, so this subclass's ``__call__`` is ``call(self, *args,
+    **kwargs)``, which does what ``wrapper(fn, None, args, kwargs)`` does.
+    Reading anything off the proxy costs as much as the lookup it saves, so
+    ``call`` gets its state from its closure, and the class is made for this
+    one function (~2 KB and ~30 µs, once, at decoration). Binding as a
+    method, and everything else, is wrapt's own.
     """
-
-    def call(self: object, *args: Any, **kwargs: Any) -> Any:
-        return wrapper(fn, None, args, kwargs)
-
     cls = type(
         "AuditFunctionWrapper",
         (wrapt.FunctionWrapper,),
@@ -385,7 +384,7 @@ class _Plan:
     attribute, and this is the ``@audit`` hot path.
     """
 
-    __slots__ = ("async_wrapper", "binder", "finish", "is_async", "sync_wrapper")
+    __slots__ = ("async_wrapper", "binder", "direct_call", "finish", "is_async", "sync_wrapper")
 
     def __init__(self, decl: audit, fn: Any) -> None:
         takes_instance: bool | None = None
@@ -489,21 +488,10 @@ class _Plan:
                 if not settings.warned_no_receivers:
                     _warn_discarded()
                 return wrapped(*args, **kwargs)
-            if snapshot is None:
-                try:
-                    if fill is not None and instance is None and not kwargs and len(args) == count:
-                        bound = fill(args)  # the usual call: one frame less than bind()
-                    else:
-                        bound = bind(instance, args, kwargs)
-                except Exception as error:
-                    _report(action, error)
-                    return wrapped(*args, **kwargs)
-                before = _NO_SNAPSHOT
-            else:
-                started = begin(instance, args, kwargs)
-                if started is None:
-                    return wrapped(*args, **kwargs)
-                bound, before = started
+            started = begin(instance, args, kwargs)
+            if started is None:
+                return wrapped(*args, **kwargs)
+            bound, before = started
             try:
                 result = wrapped(*args, **kwargs)
             except Exception as exc:
@@ -511,6 +499,28 @@ class _Plan:
                     finish(bound, before, None, exc)
                 raise
             finish(bound, before, result, None)
+            return result
+
+        def direct_call(_proxy: object, *args: Any, **kwargs: Any) -> Any:
+            """``sync_wrapper(fn, None, args, kwargs)``, one frame shorter where it
+            matters: a plain function without snapshot, called directly."""
+            if snapshot is not None or not _receivers.receivers:
+                return sync_wrapper(fn, None, args, kwargs)
+            try:
+                if fill is not None and not kwargs and len(args) == count:
+                    bound = fill(args)
+                else:
+                    bound = bind(None, args, kwargs)
+            except Exception as error:
+                _report(action, error)  # raises in strict mode, before the call
+                return fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if emit_on_error:
+                    finish(bound, _NO_SNAPSHOT, None, exc)
+                raise
+            finish(bound, _NO_SNAPSHOT, result, None)
             return result
 
         async def async_wrapper(
@@ -536,9 +546,13 @@ class _Plan:
             finish(bound, before, result, None)
             return result
 
+        def direct_async(_proxy: object, *args: Any, **kwargs: Any) -> Any:
+            return async_wrapper(fn, None, args, kwargs)
+
         self.finish = finish
         self.sync_wrapper = sync_wrapper
         self.async_wrapper = async_wrapper
+        self.direct_call = direct_async if self.is_async else direct_call
 
     def _resolver(self, label: str, spec: object) -> ResolverFn | None:
         if spec is None:
