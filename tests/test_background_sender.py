@@ -76,6 +76,8 @@ def test_outside_an_event_loop_the_sender_runs_in_the_callers_thread(actor: Any)
     assert [e.target_id for e in memory.events] == ["tweet_1"]  # already there: no queue
     assert background.pending == 0
     background.close(10)
+    update(2)  # closed: dropped, not written behind the caller's back
+    assert [e.target_id for e in memory.events] == ["tweet_1"] and background.dropped == 1
 
 
 def test_always_queues_from_every_thread_and_flush_waits(actor: Any) -> None:

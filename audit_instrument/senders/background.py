@@ -89,7 +89,7 @@ class BackgroundSender:
 
     def send(self, event: AuditEvent) -> None:
         """Queue ``event`` (on an event loop, or always), else send it here."""
-        if not self.always and _get_running_loop() is None and not self._unfinished:
+        if not (self.always or self._unfinished or self._closed) and _get_running_loop() is None:
             self._send(event)
             return
         if self._pid != os.getpid():  # forked: the parent's worker and queue stay there
