@@ -140,9 +140,14 @@ def single_parameter(spec: object, binder: Binder) -> tuple[Callable[[Any], Any]
         params = list(inspect.signature(spec).parameters.values())
     except (TypeError, ValueError):
         return None
+    name = _only_parameter(params, binder)
+    return None if name is None else (spec, name)
+
+
+def _only_parameter(params: list[inspect.Parameter], binder: Binder) -> str | None:
     if len(params) == 1 and params[0].kind is _P.POSITIONAL_OR_KEYWORD:
         if params[0].name in binder.names:
-            return spec, params[0].name
+            return params[0].name
     return None
 
 
@@ -190,9 +195,8 @@ def make_resolver(label: str, spec: object, binder: Binder, *, result_allowed: b
 
             return pass_all
         return lambda bound, result: fn(**bound)
-    single = single_parameter(spec, binder)
-    if single is not None:
-        only = single[1]
+    only = _only_parameter(params, binder)
+    if only is not None:
         return lambda bound, result: fn(bound[only])
     gives_result = wants_result and RESULT in takes
     names = tuple(n for n in takes if n != RESULT or not gives_result)

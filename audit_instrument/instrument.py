@@ -504,7 +504,7 @@ class _Plan:
         def direct_call(_proxy: object, *args: Any, **kwargs: Any) -> Any:
             """``sync_wrapper(fn, None, args, kwargs)``, one frame shorter where it
             matters: a plain function without snapshot, called directly."""
-            if snapshot is not None or not _receivers.receivers:
+            if not _receivers.receivers:
                 return sync_wrapper(fn, None, args, kwargs)
             try:
                 if fill is not None and not kwargs and len(args) == count:
@@ -546,13 +546,16 @@ class _Plan:
             finish(bound, before, result, None)
             return result
 
-        def direct_async(_proxy: object, *args: Any, **kwargs: Any) -> Any:
-            return async_wrapper(fn, None, args, kwargs)
+        wrapper = async_wrapper if self.is_async else sync_wrapper
+
+        def direct_wrapper(_proxy: object, *args: Any, **kwargs: Any) -> Any:
+            return wrapper(fn, None, args, kwargs)
 
         self.finish = finish
         self.sync_wrapper = sync_wrapper
         self.async_wrapper = async_wrapper
-        self.direct_call = direct_async if self.is_async else direct_call
+        fast = not self.is_async and snapshot is None
+        self.direct_call = direct_call if fast else direct_wrapper
 
     def _resolver(self, label: str, spec: object) -> ResolverFn | None:
         if spec is None:

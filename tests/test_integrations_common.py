@@ -10,7 +10,7 @@ from starlette.authentication import SimpleUser, UnauthenticatedUser
 
 from audit_instrument import AuditConfigError, configure, current_context
 from audit_instrument.integrations import TrustedProxies, user_party
-from audit_instrument.integrations._common import RequestBinder
+from audit_instrument.integrations._common import RequestBinder, RequestBlock
 
 
 class TestTrustedProxies:
@@ -103,8 +103,7 @@ class TestRequestBinder:
         )
         with caplog.at_level(logging.ERROR, "audit_instrument"):
             user = binder.user(object(), lambda r: None)
-            with binder.bind(object(), user, peer="192.0.2.1", forwarded_for=None,
-                             user_agent="ua"):
+            with RequestBlock(binder.context(object(), user, "192.0.2.1", None, "ua")):
                 ctx = current_context()
         assert (ctx.actor_id, ctx.group, ctx.location) == (None, None, "192.0.2.1")
         failed = [r.getMessage() for r in caplog.records if r.exc_info]
@@ -130,8 +129,8 @@ class TestRequestBinder:
         binder: RequestBinder[object] = RequestBinder(actor=None, group="org_1",
                                                       trusted_proxies=())
         with caplog.at_level(logging.ERROR, "audit_instrument"):
-            with binder.bind(object(), ("too", "many", "parts"), peer=None,
-                             forwarded_for=None, user_agent=None):
+            with RequestBlock(binder.context(object(), ("too", "many", "parts"), None, None,
+                                             None)):
                 ctx = current_context()
         assert (ctx.actor_id, ctx.group) == (None, "org_1")
         assert "could not read an actor" in caplog.text

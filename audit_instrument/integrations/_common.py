@@ -33,7 +33,6 @@ _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-_PLAIN_USERS = frozenset({dict, tuple})
 _MAX_CACHED = 4096
 _MAX_CACHED_HEADER = 256  # longer X-Forwarded-For headers are walked every time
 _MAX_HOP = 64  # no IP address with port and brackets is longer: not cached, not an IP
@@ -244,17 +243,8 @@ class RequestBinder(Generic[Req]):
         self.proxies = TrustedProxies(trusted_proxies)
 
     def user(self, request: Req, default: Callable[[Req], object]) -> object:
-        """The request's user, from the ``actor`` resolver or ``default``.
-
-        A failing resolver is logged (raised when strict): no actor.
-        """
-        try:
-            return (self.actor or default)(request)
-        except Exception:
-            if settings.strict:
-                raise
-            logger.exception("audit_instrument: the middleware's actor resolver failed")
-            return None
+        """The request's user, from the ``actor`` resolver or ``default``."""
+        return _call("actor", self.actor or default, request)
 
     def context(
         self,
@@ -268,8 +258,8 @@ class RequestBinder(Generic[Req]):
         location=..., user_agent=...)`` would bind, built directly, as this
         runs on every request. Without a group, the one bound outside is kept.
         """
-        try:  # dicts and (id, name) tuples need none of user_party's framework checks
-            party = resolve_party(user) if type(user) in _PLAIN_USERS else user_party(user)
+        try:
+            party = user_party(user)
         except Exception:
             if settings.strict:
                 raise
@@ -291,23 +281,15 @@ class RequestBinder(Generic[Req]):
             actor_id, actor_name, group, self.proxies.client_ip(peer, forwarded_for), user_agent
         )
 
-    def bind(
-        self,
-        request: Req,
-        user: object,
-        *,
-        peer: str | None,
-        forwarded_for: str | None,
-        user_agent: str | None,
-    ) -> RequestBlock:
-        """A block binding :meth:`context` (enter it around the app)."""
-        return RequestBlock(
-            self.context(request, user, peer, forwarded_for, user_agent)
-        )
-
 
 class RequestBlock:
-    """Binds one request's :class:`AuditContext`; resets it on exit, also on error."""
+    """Binds one request's :class:`AuditContext`; resets it on exit, also on error.
+
+    Usage (WSGI and Django; ASGI sets the contextvar itself)::
+
+        with RequestBlock(binder.context(request, user, peer, forwarded_for, agent)):
+            response = app(request)
+    """
 
     __slots__ = ("_bound", "_token")
 

@@ -31,7 +31,7 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 
 from ..context import AuditContext
 from ..errors import AuditConfigError
-from ._common import RequestBinder, aiterate_in, iterate_in, settle
+from ._common import RequestBinder, RequestBlock, aiterate_in, iterate_in, settle
 
 __all__ = ["AuditMiddleware"]
 
@@ -102,14 +102,16 @@ class AuditMiddleware:
         """The request's user (async): ``ACTOR(request)`` or ``await request.auser()``."""
         return await settle("actor", self._binder.user(request, _arequest_user))
 
-    def _block(self, request: Request, user: object) -> Any:
+    def _block(self, request: Request, user: object) -> RequestBlock:
         meta = request.META
-        return self._binder.bind(
-            request,
-            user,
-            peer=meta.get("REMOTE_ADDR"),
-            forwarded_for=meta.get("HTTP_X_FORWARDED_FOR"),
-            user_agent=meta.get("HTTP_USER_AGENT"),
+        return RequestBlock(
+            self._binder.context(
+                request,
+                user,
+                meta.get("REMOTE_ADDR"),
+                meta.get("HTTP_X_FORWARDED_FOR"),
+                meta.get("HTTP_USER_AGENT"),
+            )
         )
 
     def __call__(self, request: Request) -> Response | Awaitable[Response]:

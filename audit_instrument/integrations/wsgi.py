@@ -84,13 +84,11 @@ class AuditMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         binder = self._binder
-        block = binder.bind(
+        bound = binder.context(
             environ,
             binder.user(environ, _remote_user),
-            peer=environ.get("REMOTE_ADDR"),
-            forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
-            user_agent=environ.get("HTTP_USER_AGENT"),
+            environ.get("REMOTE_ADDR"),
+            environ.get("HTTP_X_FORWARDED_FOR"),
+            environ.get("HTTP_USER_AGENT"),
         )
-        with block as bound:
-            body = self.app(environ, start_response)
-        return _Body(body, bound)
+        return _Body(call_in(bound, self.app, environ, start_response), bound)
