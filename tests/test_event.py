@@ -143,6 +143,32 @@ def test_round_trip_is_lossless() -> None:
     assert AuditEvent.from_dict(event.to_dict()).to_dict() == event.to_dict()
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"metadata": {}},
+        {"group": 'quote " backslash \\ newline \n tab \t nul \x00',
+         "user_agent": "caf\u00e9 \u2028 \U0001f600"},
+        {"location": "\ud800 lone surrogate", "actor_name": "\x7f\x1f"},
+        {"occurred_at": datetime(1999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5)))},
+        {"occurred_at": datetime(2020, 1, 1)},  # whole second: still six digits
+        {
+            "metadata": {
+                "s": "x\"y", "t": True, "f": False, "i": -(10**30), "z": 0, "fl": -0.0,
+                "e": 1.5e-300, "big": 1e300, "d": datetime(2020, 1, 1, 1, 1, 1, 7, tzinfo=UTC),
+                "m": {}, "nested": {"k\u00e9y": "v", "n": 2.5, "at": datetime(2021, 6, 1)},
+            }
+        },
+    ],
+)
+def test_to_json_is_exactly_json_dumps_of_to_record(changes: dict[str, object]) -> None:
+    event = AuditEvent(**valid(**changes))  # type: ignore[arg-type]
+    expected = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
+    assert event.to_json() == expected
+    assert AuditEvent.from_dict(json.loads(event.to_json())) == event
+
+
 def test_from_dict_rejects_unknown_and_missing_keys() -> None:
     data = seed_1().to_dict()
     with pytest.raises(AuditValidationError, match="unknown keys \\['extra'\\]"):

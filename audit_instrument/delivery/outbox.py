@@ -87,13 +87,6 @@ _ROWS_PER_INSERT = 500
 # this many operations: light load. Under heavy load the writer thread batches.
 _LEAD_MAX_BATCH = 2
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once
-
-
-def _record(event: AuditEvent) -> str:
-    return _encode(event.to_record())
-
-
 @functools.lru_cache(maxsize=64)
 def _insert_sql(rows: int) -> str:
     return ("INSERT OR IGNORE INTO outbox (key, record, created_at, owner, owner_pid, lease_until) "
@@ -404,7 +397,7 @@ class Outbox:
         for kind, params in ops:
             groups.setdefault(kind, []).append(params)
         conn = self._conn
-        adds = [(key, _record(event), *rest) for key, event, *rest in groups.get("add", [])]
+        adds = [(key, event.to_json(), *rest) for key, event, *rest in groups.get("add", [])]
         if len(groups) == 1 and 0 < len(adds) <= _ROWS_PER_INSERT:
             # The common case: one statement is its own transaction (autocommit),
             # one call into SQLite in all.

@@ -33,7 +33,7 @@ class JsonlSender:
 
     def send(self, event: AuditEvent) -> None:
         """Append ``event`` as one line."""
-        line = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = event.to_json() + "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from ..event import AuditEvent
@@ -32,7 +31,7 @@ class LoggingSender:
         if self.logger.isEnabledFor(self.level):
             self.logger.log(
                 self.level,
-                json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":")),
+                event.to_json(),
                 extra={"audit_event": event},
             )
 
