@@ -189,15 +189,11 @@ def user_party(user: object) -> tuple[str, str] | None:
     return str(ident), str(name)
 
 
-def _call(label: str, resolver: Callable[[Req], T], request: Req) -> T | None:
-    """Run a user-supplied resolver; a failure is logged (raised when strict)."""
-    try:
-        return resolver(request)
-    except Exception:
-        if settings.strict:
-            raise
-        logger.exception("audit_instrument: the middleware's %s resolver failed", label)
-        return None
+def _resolver_failed(label: str) -> None:
+    """In an ``except`` block around a user-supplied resolver: log (re-raise when strict)."""
+    if settings.strict:
+        raise  # the resolver's exception, which the caller is handling
+    logger.exception("audit_instrument: the middleware's %s resolver failed", label)
 
 
 async def settle(label: str, value: object) -> object:
@@ -243,8 +239,12 @@ class RequestBinder(Generic[Req]):
         self.proxies = TrustedProxies(trusted_proxies)
 
     def user(self, request: Req, default: Callable[[Req], object]) -> object:
-        """The request's user, from the ``actor`` resolver or ``default``."""
-        return _call("actor", self.actor or default, request)
+        """The request's user, from the ``actor`` resolver or ``default``; ``None`` if it failed."""
+        try:
+            return (self.actor or default)(request)
+        except Exception:
+            _resolver_failed("actor")
+            return None
 
     def context(
         self,
@@ -258,8 +258,9 @@ class RequestBinder(Generic[Req]):
         location=..., user_agent=...)`` would bind, built directly, as this
         runs on every request. Without a group, the one bound outside is kept.
         """
+        kind = type(user)
         try:
-            party = user_party(user)
+            party = resolve_party(user) if kind is dict or kind is tuple else user_party(user)
         except Exception:
             if settings.strict:
                 raise
@@ -271,7 +272,11 @@ class RequestBinder(Generic[Req]):
         if group is None:
             group = _current.get().group
         elif not isinstance(group, str):
-            resolved = _call("group", group, request)
+            try:
+                resolved = group(request)
+            except Exception:
+                _resolver_failed("group")
+                resolved = None
             group = None if resolved is None else str(resolved)
         if party is None:
             actor_id = actor_name = None
