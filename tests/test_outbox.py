@@ -18,7 +18,7 @@ from _workos_helpers import API_KEY, FAST, ServerProcess, event
 from conftest import wait_child, wait_for
 from workos_server import WorkOSServer
 
-from audit_instrument import AuditConfigError, DeliveryError
+from audit_instrument import AuditConfigError, AuditValidationError, DeliveryError
 from audit_instrument.delivery import Outbox
 from audit_instrument.senders.workos import WorkOS
 
@@ -255,3 +255,56 @@ def test_outbox_survives_fork_with_its_own_connection(
     workos.create_event(event(2)).result(timeout=5)
     assert FAST.deadline > 0 and server.accepted_count == 3
 
+
+
+def test_create_events_commits_the_lot_before_returning(
+    server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path
+) -> None:
+    server.hang_all = True
+    path = tmp_path / "outbox.db"
+    workos = make_workos(outbox=path, timeout=30, queue_size=3)  # 3 queued, 7 wait on disk
+    handles = workos.create_events([event(n) for n in range(10)])
+    assert [key for key, _ in _rows(path)] == [h.event.idempotency_key for h in handles]
+    assert workos.shutdown(0.1) == 10  # left on disk, not lost
+    server.hang_all = False
+    again = make_workos(outbox=path)
+    assert again.flush(10) == 0
+    assert sorted(server.accepted) == sorted(h.event.idempotency_key for h in handles)
+    assert server.duplicates == 0
+
+
+def test_create_events_delivers_each_once_and_settles_every_handle(
+    server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path
+) -> None:
+    workos = make_workos(outbox=tmp_path / "outbox.db", queue_size=4)
+    handles = workos.create_events([event(n) for n in range(25)])
+    assert workos.flush(10) == 0
+    assert [h.result(5) for h in handles] == [h.event for h in handles]
+    assert all(h.delivered for h in handles)
+    assert sorted(server.accepted) == sorted(h.event.idempotency_key for h in handles)
+    assert Outbox(tmp_path / "outbox.db").status().pending == 0
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_create_events_with_one_bad_event_queues_none(
+    server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path, durable: bool
+) -> None:
+    path = tmp_path / "outbox.db"
+    workos = make_workos(outbox=path if durable else None)
+    bad = event(1).to_dict() | {"action": "no-category"}
+    with pytest.raises(AuditValidationError) as caught:
+        workos.create_events([event(0), bad, event(2)])
+    assert caught.value.field == "action"
+    assert workos.flush(5) == 0 and server.accepted == {}
+    if durable:
+        assert _rows(path) == []
+
+
+def test_create_events_after_shutdown_settles_each_handle_with_an_error(
+    server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path
+) -> None:
+    workos = make_workos(outbox=tmp_path / "outbox.db")
+    workos.shutdown(1)
+    handles = workos.create_events([event(0), event(1)])
+    assert [type(h.exception(1)) for h in handles] == [DeliveryError, DeliveryError]
+    assert _rows(tmp_path / "outbox.db") == []

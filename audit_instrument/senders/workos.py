@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from importlib import metadata
 from typing import Any, Literal
@@ -96,6 +96,15 @@ def _check_base_url(base_url: str) -> str:
         f"base_url must use https (plain http only for a loopback host such as 127.0.0.1), "
         f"got {base_url!r}"
     )
+
+
+def _as_event(event: AuditEvent | Mapping[str, Any]) -> AuditEvent:
+    if isinstance(event, AuditEvent):
+        return event
+    if not isinstance(event, Mapping):
+        raise AuditValidationError(
+            "event", "must be an AuditEvent or a mapping like the seed's event", event)
+    return AuditEvent.from_dict(event)
 
 
 class WorkOS:
@@ -186,12 +195,23 @@ class WorkOS:
         returned handle (``.result(timeout)``, ``await``, callbacks) with
         :class:`~audit_instrument.DeliveryError` and go out on the signals.
         """
-        if not isinstance(event, AuditEvent):
-            if not isinstance(event, Mapping):
-                raise AuditValidationError(
-                    "event", "must be an AuditEvent or a mapping like the seed's event", event)
-            event = AuditEvent.from_dict(event)
-        return self._engine.submit(event)
+        return self._engine.submit(_as_event(event))
+
+    def create_events(
+        self, events: Iterable[AuditEvent | Mapping[str, Any]]
+    ) -> list[DeliveryHandle]:
+        """Queue several events at once; return their handles in the same order.
+
+        Every event is checked first: one bad event raises
+        :class:`~audit_instrument.AuditValidationError` and none is queued.
+        With an outbox the lot is committed in one transaction, so a bulk
+        producer pays one disk flush per call rather than one per event.
+
+        >>> handles = workos.create_events(events)     # doctest: +SKIP
+        >>> workos.flush(30)                           # doctest: +SKIP
+        0
+        """
+        return self._engine.submit_many([_as_event(event) for event in events])
 
     def send(self, event: AuditEvent) -> DeliveryHandle | None:
         """What :func:`~audit_instrument.configure` connects: ``create_event`` that never raises."""
