@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from wsgiref.util import FileWrapper
 
 import httpx
 import pytest
 from _integration_servers import serve_wsgi
-from flask import Flask, Response, request
+from flask import Flask, Response, request, send_file
 
 from audit_instrument import audit, audit_actor, configure, current_context
 from audit_instrument.integrations.wsgi import AuditMiddleware
@@ -205,3 +207,35 @@ def test_nothing_leaks_into_the_caller_after_a_request() -> None:
     assert client.get("/doc?rid=1", headers={"x-user": "5"}).json["actor_id"] == "user_5"
     ctx = current_context()
     assert (ctx.actor_id, ctx.group, ctx.location, ctx.user_agent) == (None, None, None, None)
+
+
+def test_a_file_wrapper_body_reaches_the_server_unwrapped(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    path.write_bytes(b"id,body\n1,hello\n")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        return environ["wsgi.file_wrapper"](path.open("rb"), 8192)
+
+    middleware = AuditMiddleware(app, actor=lambda environ: ("u1", "Ann"))
+    environ = {"REMOTE_ADDR": "192.0.2.1", "wsgi.file_wrapper": FileWrapper}
+    body = middleware(environ, lambda *a: None)
+    assert type(body) is FileWrapper  # the server's own type: it may sendfile() it
+    assert b"".join(body) == b"id,body\n1,hello\n"
+    body.close()  # type: ignore[attr-defined]
+    assert current_context().actor_id is None
+
+
+def test_flask_send_file_is_served_through_the_middleware(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    path.write_bytes(b"id,body\n1,hello\n")
+    app = Flask(__name__)
+
+    @app.get("/report")
+    def report() -> Response:
+        return send_file(path)
+
+    app.wsgi_app = AuditMiddleware(app.wsgi_app, actor=_user_from)  # type: ignore[method-assign]
+    with serve_wsgi(app) as url:
+        answer = httpx.get(f"{url}/report", headers={"x-user": "2"})
+    assert answer.status_code == 200 and answer.content == b"id,body\n1,hello\n"

@@ -13,6 +13,8 @@
 The context is bound while the app runs *and* while the server iterates the
 response body, so events from a streamed response carry the request's actor;
 it is restored after each chunk, after ``close()`` and when the app raises.
+A body of the server's ``wsgi.file_wrapper`` type is handed back as it is,
+so the server can still send the file with ``sendfile()``.
 """
 
 from __future__ import annotations
@@ -91,4 +93,10 @@ class AuditMiddleware:
             environ.get("HTTP_X_FORWARDED_FOR"),
             environ.get("HTTP_USER_AGENT"),
         )
-        return _Body(call_in(bound, self.app, environ, start_response), bound)
+        body = call_in(bound, self.app, environ, start_response)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+            # A file (Flask's send_file, ...): reading it runs no app code, and
+            # unwrapped the server can send it with sendfile() (PEP 3333).
+            return body
+        return _Body(body, bound)
