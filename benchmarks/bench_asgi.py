@@ -10,6 +10,8 @@ per-block ratios, so slow drifts in machine load cancel out. Also printed:
 median requests/s of each, and requests per server CPU-second (read from
 /proc), which other processes on a busy machine disturb much less.
 Target: ratio >= 0.9.
+``--instructions`` adds a figure that does not move with the machine's load:
+instructions the server runs per request, counted under callgrind (valgrind).
 The instrumented app binds actor, group, location and user agent from each
 request and records one event into a MemorySender (emptied between rounds).
 """
@@ -20,6 +22,8 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -212,6 +216,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--app", choices=["asgi", "starlette", "both"], default="both",
                         help="raw ASGI app, minimal Starlette app, or both (default)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count server instructions per request under callgrind "
+                             "(deterministic; needs valgrind, ~2 minutes per app)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,6 +236,11 @@ def main() -> None:
         title = "raw ASGI app" if app == "asgi" else "minimal Starlette app"
         print(f"{title} under uvicorn (h11), {args.connections} keep-alive connections:")
         _compare(prefix, args)
+        if args.instructions:
+            if shutil.which("valgrind") is None:
+                print("  (--instructions: valgrind is not installed; skipped)")
+            else:
+                _compare_instructions(prefix)
 
 
 def _compare(prefix: str, args: argparse.Namespace) -> None:
@@ -278,6 +290,81 @@ def _compare(prefix: str, args: argparse.Namespace) -> None:
               "(less disturbed by other load)")
     print(f"  ratio instrumented/plain (median of per-block ratios) {ratio:.3f}  "
           f"(target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
+
+
+# -- instructions per request (deterministic; needs valgrind) ---------------------------------
+
+
+def _request_sync(port: int, count: int, connections: int = 4) -> None:
+    """``count`` requests over a few keep-alive connections, answers read in full."""
+    request = (
+        f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bench/1.0\r\n"
+        "X-User: user_1\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
+    ).encode()
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    try:
+        done = 0
+        while done < count:
+            batch = sockets[: min(connections, count - done)]
+            for sock in batch:
+                sock.sendall(request)
+            for sock in batch:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += sock.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(int(line[15:]) for line in head.split(b"\r\n")
+                              if line[:15].lower() == b"content-length:")
+                while len(body) < length:
+                    body += sock.recv(65536)
+            done += len(batch)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _instructions(name: str, count: int, directory: str) -> int:
+    """Instructions the server process ran, start to stop, having answered ``count`` requests."""
+    out = os.path.join(directory, f"callgrind.{name}.{count}")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         sys.executable, __file__, "--serve", name],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        _request_sync(port, count)
+    finally:
+        proc.send_signal(signal.SIGINT)  # uvicorn stops; callgrind writes its totals
+        proc.wait(600)
+    with open(out) as profile:
+        for line in profile:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
+def _compare_instructions(prefix: str) -> None:
+    """Server instructions per request, plain vs instrumented, under callgrind.
+
+    The difference between a short and a long run cancels start-up and
+    shutdown, leaving the cost of one request. Unlike requests/s this does
+    not move with the machine's load; it does not see cache misses either.
+    """
+    import tempfile
+
+    short, long = 200, 1200
+    per_request: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-asgi-") as directory:
+        for variant in ("plain", "audited"):
+            name = prefix + variant
+            counts = [_instructions(name, n, directory) for n in (short, long)]
+            per_request[variant] = (counts[1] - counts[0]) // (long - short)
+    plain, audited = per_request["plain"], per_request["audited"]
+    print(f"  server instructions per request  plain {plain:,}, instrumented {audited:,} "
+          f"(+{audited - plain:,}): {plain / audited:.3f}x the requests/s at equal "
+          "instructions per second")
 
 
 
