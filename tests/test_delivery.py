@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -373,3 +374,36 @@ def test_any_httpx_transport_can_carry_the_requests(
     handle = workos.create_event(USER_LOGIN)
     handle.result(timeout=5)
     assert len(server.requests_for(handle.event.idempotency_key)) == 2
+
+
+# -- outages: one pause for all, not a retry storm ---------------------------------------------
+def test_a_server_that_is_down_is_probed_not_hammered(
+    server: WorkOSServer, make_workos: MakeWorkOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(*[503] * 7)  # down for the first 4 requests, and the 3 already on their way
+    workos = make_workos(max_in_flight=4,
+                         retry=RetryPolicy(initial_backoff=2.0, max_backoff=2.0, deadline=60))
+    with caplog.at_level(logging.INFO, "audit_instrument"):
+        handles = workos.create_events([event(n) for n in range(50)])
+        server.wait_for_requests(4)
+        time.sleep(0.3)  # a window inside the 1-2 s pause; alone, each event would retry in it
+        assert server.request_count <= 7
+        assert workos.flush(20) == 0
+    assert all(h.delivered for h in handles)
+    assert server.accepted_count == 50 and server.duplicates == 0
+    assert server.request_count == 57  # each scripted failure once, then each event once
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is not answering" in m for m in messages) == 1
+    assert sum("answers again" in m for m in messages) == 1
+
+
+def test_retry_after_pauses_every_event_not_just_the_refused_one(
+    server: WorkOSServer, make_workos: MakeWorkOS
+) -> None:
+    server.script(Fault.rate_limited("1"))
+    workos = make_workos(max_in_flight=1)
+    handles = workos.create_events([event(n) for n in range(3)])
+    assert workos.flush(10) == 0 and all(h.delivered for h in handles)
+    first, second, *_ = server.requests
+    assert first.idempotency_key == handles[0].event.idempotency_key
+    assert second.at - first.at >= 0.9  # the next event waited too, not only the first

@@ -31,6 +31,7 @@ import heapq
 import itertools
 import logging
 import os
+import random
 import threading
 import time
 import weakref
@@ -55,6 +56,11 @@ logger = logging.getLogger("audit_instrument")
 
 _monotonic = time.monotonic
 _getpid = os.getpid
+_random = random.random
+# Retryable failures in a row, with no answer from the server in between, that
+# mean it is down (or refusing us): every worker then pauses instead of each
+# event retrying on its own, which burned a core against a dead port.
+_OUTAGE_FAILURES = 4
 _engines: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
 
 
@@ -156,6 +162,10 @@ class DeliveryEngine:
         self._closed = False
         self._refilling = False
         self._next_refill = 0.0
+        self._failures = 0  # retryable failures in a row (see _OUTAGE_FAILURES)
+        self._outages = 0  # pauses in a row: each one longer, up to retry.max_backoff
+        self._paused_until = 0.0  # no new attempt before this (monotonic): the server is down
+        self._pause_asked = False  # the pause is the server's Retry-After: it holds
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -406,6 +416,9 @@ class DeliveryEngine:
                 if self._stopping:
                     return None
                 now = _monotonic()
+                if now < self._paused_until:  # the server is down: wait, then probe again
+                    self._wait_for_work(self._paused_until - now)
+                    continue
                 delayed = self._delayed
                 if delayed and delayed[0][0] <= now:
                     item = heapq.heappop(delayed)[2]
@@ -424,13 +437,57 @@ class DeliveryEngine:
                         continue
                     until_refill = max(0.0, self._next_refill - now)
                     wait = until_refill if wait is None else min(wait, until_refill)
-                self._idle += 1
-                self._work.wait(wait)
-                # Count down on any return, notified or timed out: undercounting only
-                # costs a spare wake-up later, overcounting would leave work asleep.
-                if self._waking:
-                    self._waking -= 1
-                self._idle -= 1
+                self._wait_for_work(wait)
+
+    def _wait_for_work(self, timeout: float | None) -> None:
+        # With the lock held, as an idle worker.
+        self._idle += 1
+        self._work.wait(timeout)
+        # Count down on any return, notified or timed out: undercounting only
+        # costs a spare wake-up later, overcounting would leave work asleep.
+        if self._waking:
+            self._waking -= 1
+        self._idle -= 1
+
+    def _server_failed(self, retry_after: float | None) -> None:
+        """A retryable failure. After several in a row, or when the server sets
+        ``Retry-After``, all workers pause; the first attempts after the pause
+        probe the server, and each failed probe doubles the next pause."""
+        with self._lock:
+            self._failures += 1
+            if retry_after is None:
+                if self._failures < _OUTAGE_FAILURES or _monotonic() < self._paused_until:
+                    return
+                self._outages += 1
+                retry = self.retry
+                ceiling = min(retry.max_backoff,
+                              retry.initial_backoff * 2.0 ** min(self._outages - 1, 62))
+                pause = ceiling * (0.5 + 0.5 * _random())
+            else:
+                pause = retry_after
+                self._pause_asked = True
+            self._paused_until = max(self._paused_until, _monotonic() + pause)
+        if retry_after is None and self._outages == 1:
+            logger.warning("audit_instrument: %s is not answering; deliveries pause, then "
+                           "probe it with growing waits (events wait, none is dropped)",
+                           self.base_url)
+
+    def _server_answered(self) -> None:
+        """The server answered (accepted or refused an event): it is up.
+
+        Ends a pause of ours, not one the server asked for with Retry-After
+        (an answer to a request sent before it does not lift that)."""
+        if self._failures or self._paused_until:
+            with self._lock:
+                recovered = self._outages > 0
+                self._failures = self._outages = 0
+                if not self._pause_asked or _monotonic() >= self._paused_until:
+                    self._paused_until = 0.0
+                    self._pause_asked = False
+                    self._work.notify_all()
+            if recovered:
+                logger.info("audit_instrument: %s answers again; deliveries resume",
+                            self.base_url)
 
     def _refill(self) -> None:
         """Claim pending events from the outbox (called with the lock held, releases it)."""
@@ -467,6 +524,7 @@ class DeliveryEngine:
             if not self._landed(item):
                 return
             kind = "timed out" if exc.timeout else "connection failed"
+            self._server_failed(None)
             self._retry_later(item, DeliveryError(f"request {kind}: {exc}", retryable=True),
                               None)
             return
@@ -484,12 +542,16 @@ class DeliveryEngine:
             return
         status = response.status
         if 200 <= status < 300:
+            self._server_answered()
             self._finish_delivered(item)
         elif is_retryable_status(status):
             error = DeliveryError(f"HTTP {status}: {self.destination.error_message(response)}",
                                   status=status, retryable=True)
-            self._retry_later(item, error, parse_retry_after(response.headers.get("retry-after")))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            self._server_failed(retry_after)
+            self._retry_later(item, error, retry_after)
         else:
+            self._server_answered()
             message = self.destination.error_message(response)
             self._finish_failed(item, DeliveryError(
                 f"rejected with HTTP {status}: {message}", status=status, retryable=False),
