@@ -260,10 +260,10 @@ class DeliveryEngine:
     def submit_many(self, events: Iterable[AuditEvent]) -> list[DeliveryHandle]:
         """Queue several events at once and return their handles, in order.
 
-        With an outbox they are committed together: one transaction and one
-        fsync for the lot instead of one wait per event (bulk producers:
-        imports, replays, batch jobs). Each event is otherwise handled as by
-        :meth:`submit`.
+        With an outbox they are committed together: one transaction (two if
+        only part fits the queue; the rest waits on disk) instead of one
+        wait per event, for bulk producers (imports, replays, batch jobs).
+        Each event is otherwise handled as by :meth:`submit`.
         """
         events = list(events)
         if self.outbox is None:

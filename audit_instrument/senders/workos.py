@@ -204,7 +204,8 @@ class WorkOS:
 
         Every event is checked first: one bad event raises
         :class:`~audit_instrument.AuditValidationError` and none is queued.
-        With an outbox the lot is committed in one transaction, so a bulk
+        With an outbox the lot is committed together (one transaction, or
+        two when only part of it fits the in-memory queue), so a bulk
         producer pays one disk flush per call rather than one per event.
 
         >>> handles = workos.create_events(events)     # doctest: +SKIP
