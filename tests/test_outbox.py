@@ -256,7 +256,6 @@ def test_outbox_survives_fork_with_its_own_connection(
     assert FAST.deadline > 0 and server.accepted_count == 3
 
 
-
 def test_create_events_commits_the_lot_before_returning(
     server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path
 ) -> None:
@@ -282,7 +281,8 @@ def test_create_events_delivers_each_once_and_settles_every_handle(
     assert [h.result(5) for h in handles] == [h.event for h in handles]
     assert all(h.delivered for h in handles)
     assert sorted(server.accepted) == sorted(h.event.idempotency_key for h in handles)
-    assert Outbox(tmp_path / "outbox.db").status().pending == 0
+    with Outbox(tmp_path / "outbox.db") as box:
+        assert box.status().pending == 0
 
 
 @pytest.mark.parametrize("durable", [True, False])
