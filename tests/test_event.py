@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import uuid
 from dataclasses import FrozenInstanceError, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -167,6 +168,32 @@ def test_to_json_is_exactly_json_dumps_of_to_record(changes: dict[str, object]) 
     expected = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
     assert event.to_json() == expected
     assert AuditEvent.from_dict(json.loads(event.to_json())) == event
+
+
+def test_to_json_matches_json_dumps_on_random_events() -> None:
+    rng = random.Random(1234)
+    alphabet = "aZ09 \"\\/\n\r\t\b\f\x00\x1f\x7f\u00e9\u2028\u2029\ud800\udfff\U0001f600"
+
+    def text(low: int = 0) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, 12)))
+
+    def primitive() -> object:
+        return rng.choice([
+            text(), rng.random() < 0.5, rng.randint(-(10**20), 10**20),
+            rng.uniform(-1e9, 1e9), rng.choice([0.0, -0.0, 1e-320, 1.7976931348623157e308]),
+            datetime(2020, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.randint(0, 10**15)),
+        ])
+
+    for _ in range(300):
+        metadata: dict[str, object] = {}
+        for _ in range(rng.randint(0, 6)):
+            key = text(1)[:40]
+            metadata[key] = ({text(1)[:40]: primitive() for _ in range(rng.randint(0, 3))}
+                             if rng.random() < 0.2 else primitive())
+        event = AuditEvent(**valid(group=text(1), actor_name=text(1), target_id=text(1),
+                                   location=text(), user_agent=text(), metadata=metadata))
+        expected = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
+        assert event.to_json() == expected
 
 
 def test_from_dict_rejects_unknown_and_missing_keys() -> None:
