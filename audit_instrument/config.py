@@ -65,11 +65,17 @@ _connected: list[Callable[..., Any]] = []
 _UNSET: Any = object()
 
 
-def _receiver(sender: object) -> Callable[..., Any]:
+def _send_of(sender: object) -> Callable[..., Any] | None:
+    """What takes the events of ``sender``: its ``send``, or itself if callable; else None."""
     if isinstance(sender, Sender):
         return sender.send
-    if callable(sender):
-        return sender
+    return sender if callable(sender) else None
+
+
+def _receiver(sender: object) -> Callable[..., Any]:
+    send = _send_of(sender)
+    if send is not None:
+        return send
     raise TypeError(
         f"configure() takes senders (objects with .send(event), or callables), "
         f"not {type(sender).__name__}"

@@ -384,7 +384,7 @@ class _Plan:
     attribute, and this is the ``@audit`` hot path.
     """
 
-    __slots__ = ("async_wrapper", "binder", "direct_call", "finish", "is_async", "sync_wrapper")
+    __slots__ = ("async_wrapper", "binder", "direct_call", "is_async", "sync_wrapper")
 
     def __init__(self, decl: audit, fn: Any) -> None:
         takes_instance: bool | None = None
@@ -551,7 +551,6 @@ class _Plan:
         def direct_wrapper(_proxy: object, *args: Any, **kwargs: Any) -> Any:
             return wrapper(fn, None, args, kwargs)
 
-        self.finish = finish
         self.sync_wrapper = sync_wrapper
         self.async_wrapper = async_wrapper
         fast = not self.is_async and snapshot is None

@@ -134,11 +134,16 @@ def _serve(variant: str) -> None:
 # -- the load generator (in its own process) -------------------------------------------------
 
 
-async def _load(port: int, seconds: float, connections: int, warmup: float) -> dict[str, float]:
-    request = (
+def _request(port: int) -> bytes:
+    """The request every load run sends: a user, a proxy hop, a user agent."""
+    return (
         f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bench/1.0\r\n"
         "X-User: user_1\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
     ).encode()
+
+
+async def _load(port: int, seconds: float, connections: int, warmup: float) -> dict[str, float]:
+    request = _request(port)
     counting = False
     count = 0
     total = 0
@@ -297,10 +302,7 @@ def _compare(prefix: str, args: argparse.Namespace) -> None:
 
 def _request_sync(port: int, count: int, connections: int = 4) -> None:
     """``count`` requests over a few keep-alive connections, answers read in full."""
-    request = (
-        f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bench/1.0\r\n"
-        "X-User: user_1\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
-    ).encode()
+    request = _request(port)
     sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
     try:
         done = 0

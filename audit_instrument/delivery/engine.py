@@ -268,8 +268,7 @@ class DeliveryEngine:
         events = list(events)
         if self.outbox is None:
             return [self.submit(event) for event in events]
-        if self._pid != _getpid():
-            self._after_fork()
+        self._check_pid()
         handles = [DeliveryHandle(event) for event in events]
         if self._closed:
             for event, handle in zip(events, handles, strict=True):

@@ -258,9 +258,8 @@ class RequestBinder(Generic[Req]):
         location=..., user_agent=...)`` would bind, built directly, as this
         runs on every request. Without a group, the one bound outside is kept.
         """
-        kind = type(user)
         try:
-            party = resolve_party(user) if kind is dict or kind is tuple else user_party(user)
+            party = user_party(user)
         except Exception:
             if settings.strict:
                 raise

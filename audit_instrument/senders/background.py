@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .. import signals
+from ..config import _send_of
 from ..errors import AuditConfigError
 from ..event import AuditEvent
 
@@ -59,9 +60,7 @@ class BackgroundSender:
         always: bool = False,
         atexit_timeout: float = 5.0,
     ) -> None:
-        send = getattr(sender, "send", None)
-        if not callable(send):
-            send = sender if callable(sender) else None
+        send = _send_of(sender)
         if send is None:
             raise AuditConfigError(
                 f"BackgroundSender wraps a sender (an object with .send(event), or a callable), "
