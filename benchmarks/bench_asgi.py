@@ -28,16 +28,23 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 PATH = "/doc/doc_1"
+_LEAD_IN = 0.05  # seconds of each window not counted: every connection is busy by then
 
 
 # -- the apps (in the server process) --------------------------------------------------------
 
 
 def _apps() -> dict[str, Any]:
+    """Plain and instrumented apps that differ only in what this library adds.
+
+    Both authenticate the request (an outer middleware sets ``scope["user"]``,
+    as a session lookup would) and call the same ``read_doc``; the
+    instrumented ones add ``AuditMiddleware`` inside authentication, which
+    reads that user, and ``@audit`` on ``read_doc``.
+    """
     from audit_instrument import audit, configure
     from audit_instrument.integrations.asgi import AuditMiddleware
     from audit_instrument.senders import MemorySender
@@ -52,33 +59,41 @@ def _apps() -> dict[str, Any]:
     }
     done = {"type": "http.response.body", "body": body}
 
-    async def plain(scope: Any, receive: Any, send: Any) -> None:
-        await send(start)
-        await send(done)
-
-    @audit("doc.read", "R", target=lambda doc_id: (doc_id, "Quarterly report"))
     def read_doc(doc_id: str) -> None:
         return None
 
-    async def handler(scope: Any, receive: Any, send: Any) -> None:
-        if scope["path"] == "/__events":  # how many events, then start afresh
-            count = str(len(memory)).encode()
-            memory.clear()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", str(len(count)).encode())]})
-            await send({"type": "http.response.body", "body": count})
-            return
-        read_doc(scope["path"].rsplit("/", 1)[-1])
-        await send(start)
-        await send(done)
+    audited_read_doc = audit("doc.read", "R",
+                             target=lambda doc_id: (doc_id, "Quarterly report"))(read_doc)
 
-    def user(scope: Any) -> object:  # as a session lookup would: from the request
-        for name, value in scope["headers"]:
-            if name == b"x-user":
-                return {"id": value.decode(), "email": "user@example.com"}
-        return None
+    def authenticate(app: Any) -> Any:
+        async def authenticated(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                for name, value in scope["headers"]:
+                    if name == b"x-user":
+                        scope["user"] = {"id": value.decode(), "email": "user@example.com"}
+                        break
+            await app(scope, receive, send)
 
-    audited = AuditMiddleware(handler, actor=user, group="org_1", trusted_proxies=["127.0.0.1"])
+        return authenticated
+
+    def handler(read: Any) -> Any:
+        async def handle(scope: Any, receive: Any, send: Any) -> None:
+            if scope["path"] == "/__events":  # how many events, then start afresh
+                count = str(len(memory)).encode()
+                memory.clear()
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-length", str(len(count)).encode())]})
+                await send({"type": "http.response.body", "body": count})
+                return
+            read(scope["path"].rsplit("/", 1)[-1])
+            await send(start)
+            await send(done)
+
+        return handle
+
+    plain = authenticate(handler(read_doc))
+    audited = authenticate(AuditMiddleware(handler(audited_read_doc), group="org_1",
+                                           trusted_proxies=["127.0.0.1"]))
 
     # the same with a minimal Starlette app: one route, one JSON response
     from starlette.applications import Starlette
@@ -87,23 +102,26 @@ def _apps() -> dict[str, Any]:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    async def plain_endpoint(request: Request) -> Response:
-        return JSONResponse({"ok": True})
+    def endpoint(read: Any) -> Any:
+        async def read_endpoint(request: Request) -> Response:
+            read(request.path_params["doc_id"])
+            return JSONResponse({"ok": True})
 
-    async def audited_endpoint(request: Request) -> Response:
-        read_doc(request.path_params["doc_id"])
-        return JSONResponse({"ok": True})
+        return read_endpoint
 
     async def events(request: Request) -> Response:
         count = len(memory)
         memory.clear()
         return Response(str(count))
 
-    starlette_plain = Starlette(routes=[Route("/doc/{doc_id}", plain_endpoint)])
+    starlette_plain = Starlette(
+        routes=[Route("/doc/{doc_id}", endpoint(read_doc)), Route("/__events", events)],
+        middleware=[Middleware(authenticate)],
+    )
     starlette_audited = Starlette(
-        routes=[Route("/doc/{doc_id}", audited_endpoint), Route("/__events", events)],
-        middleware=[Middleware(AuditMiddleware, actor=user, group="org_1",
-                               trusted_proxies=["127.0.0.1"])],
+        routes=[Route("/doc/{doc_id}", endpoint(audited_read_doc)), Route("/__events", events)],
+        middleware=[Middleware(authenticate),
+                    Middleware(AuditMiddleware, group="org_1", trusted_proxies=["127.0.0.1"])],
     )
     return {"plain": plain, "audited": audited,
             "starlette-plain": starlette_plain, "starlette-audited": starlette_audited}
@@ -142,17 +160,29 @@ def _request(port: int) -> bytes:
     ).encode()
 
 
-async def _load(port: int, seconds: float, connections: int, warmup: float) -> dict[str, float]:
-    request = _request(port)
-    counting = False
-    count = 0
-    total = 0
-    stop = False
+async def _alternate(ports: dict[str, int], blocks: int, window: float,
+                     connections: int) -> None:
+    """Load each server in turn, ``window`` seconds at a time, ABBA then BAAB.
 
-    async def worker() -> None:
-        nonlocal count, total
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while not stop:
+    Every server keeps its own keep-alive connections. A window sends
+    requests until its deadline and counts the answers that arrive in its
+    last ``window`` seconds; then it waits for the answers still in flight,
+    so no server works during another's window. Prints one JSON line per
+    block: requests/s of each window, by variant.
+    """
+    loop = asyncio.get_running_loop()
+    streams = {
+        variant: [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
+        for variant, port in ports.items()
+    }
+    requests = {variant: _request(port) for variant, port in ports.items()}
+    served = dict.fromkeys(ports, 0)
+
+    async def worker(variant: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     counting_from: float, until: float) -> int:
+        counted = 0
+        request = requests[variant]
+        while loop.time() < until:
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
@@ -160,19 +190,28 @@ async def _load(port: int, seconds: float, connections: int, warmup: float) -> d
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             await reader.readexactly(length)
-            total += 1
-            if counting:
-                count += 1
-        writer.close()
+            served[variant] += 1
+            if counting_from <= loop.time() <= until:
+                counted += 1
+        return counted
 
-    tasks = [asyncio.create_task(worker()) for _ in range(connections)]
-    await asyncio.sleep(warmup)
-    counting, started = True, time.perf_counter()
-    await asyncio.sleep(seconds)
-    counting, elapsed = False, time.perf_counter() - started
-    stop = True
-    await asyncio.gather(*tasks)
-    return {"requests": count, "seconds": elapsed, "rps": count / elapsed, "all_requests": total}
+    async def run(variant: str) -> float:
+        started = loop.time()
+        counting_from, until = started + _LEAD_IN, started + _LEAD_IN + window
+        counts = await asyncio.gather(*(worker(variant, reader, writer, counting_from, until)
+                                        for reader, writer in streams[variant]))
+        return sum(counts) / window
+
+    first, second = list(ports)
+    for block in range(blocks):
+        order = [first, second] if block % 2 == 0 else [second, first]
+        rates: dict[str, list[float]] = {first: [], second: []}
+        for variant in order + order[::-1]:
+            rates[variant].append(await run(variant))
+        print(json.dumps({"rates": rates, "served": served}), flush=True)
+    for pairs in streams.values():
+        for _, writer in pairs:
+            writer.close()
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -183,25 +222,6 @@ def _cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _round(port: int, pid: int, args: argparse.Namespace) -> tuple[float, float | None]:
-    """(requests/s, requests per server CPU-second) of one load run."""
-    cpu_before = _cpu_seconds(pid)
-    run = subprocess.run(
-        [sys.executable, __file__, "--load", str(port), "--seconds", str(args.seconds),
-         "--connections", str(args.connections)],
-        check=False, capture_output=True, text=True, timeout=args.seconds + 60,
-    )
-    cpu_after = _cpu_seconds(pid)
-    if run.returncode:
-        raise SystemExit(f"load generator failed:\n{run.stderr}")
-    result = json.loads(run.stdout)
-    per_cpu = None
-    if cpu_before is not None and cpu_after is not None and cpu_after > cpu_before:
-        # includes the warm-up; the same for both variants
-        per_cpu = result["all_requests"] / (cpu_after - cpu_before)
-    return float(result["rps"]), per_cpu
 
 
 def _events(port: int) -> int:
@@ -215,24 +235,31 @@ def _events(port: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=6,
-                        help="blocks of 4 runs (ABBA / BAAB); each variant runs twice per block")
-    parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per run")
+    parser.add_argument("--blocks", type=int, default=40,
+                        help="blocks of 4 windows (ABBA / BAAB); each variant has two per block")
+    parser.add_argument("--pairs", type=int, default=8,
+                        help="pairs of server processes the blocks are spread over; each "
+                             "process's memory layout and hash seed change its speed by a few %%")
+    parser.add_argument("--window", type=float, default=0.4, help="measured seconds per window")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--app", choices=["asgi", "starlette", "both"], default="both",
                         help="raw ASGI app, minimal Starlette app, or both (default)")
+    parser.add_argument("--same", action="store_true",
+                        help="serve the plain app twice: the ratio this machine's noise "
+                             "alone gives (should be ~1.0)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count server instructions per request under callgrind "
                              "(deterministic; needs valgrind, ~2 minutes per app)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve)
         return
     if args.load:
         _pin(1)
-        print(json.dumps(asyncio.run(_load(args.load, args.seconds, args.connections, 0.3))))
+        ports = json.loads(args.load)
+        asyncio.run(_alternate(ports, args.blocks, args.window, args.connections))
         return
 
     apps = ["asgi", "starlette"] if args.app == "both" else [args.app]
@@ -248,53 +275,98 @@ def main() -> None:
                 _compare_instructions(prefix)
 
 
-def _compare(prefix: str, args: argparse.Namespace) -> None:
-    names = {"plain": prefix + "plain", "audited": prefix + "audited"}
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
+class _Pair:
+    """What one pair of server processes gave."""
+
+    def __init__(self) -> None:
+        self.rps: dict[str, list[float]] = {"plain": [], "audited": []}
+        self.block_ratios: list[float] = []
+        self.cpu_ratio: float | None = None
+
+
+def _run_pair(names: dict[str, str], first: str, args: argparse.Namespace) -> _Pair:
+    """Start both servers (``first`` first), load them in turn, stop them."""
+    pair = _Pair()
+    order = [first, "audited" if first == "plain" else "plain"]
     servers = {
         variant: subprocess.Popen(
-            [sys.executable, __file__, "--serve", name], stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, "--serve", names[variant]], stdout=subprocess.PIPE,
+            text=True,
         )
-        for variant, name in names.items()
+        for variant in order
     }
     try:
-        ports = {variant: int(proc.stdout.readline()) for variant, proc in servers.items()}  # type: ignore[union-attr]
-        rps: dict[str, list[float]] = {"plain": [], "audited": []}
-        cpu: dict[str, list[float]] = {"plain": [], "audited": []}
-        block_ratios: list[float] = []
-        events: list[int] = []
-        for block in range(args.rounds):
-            order = ["plain", "audited"] if block % 2 == 0 else ["audited", "plain"]
-            seen: dict[str, list[float]] = {"plain": [], "audited": []}
-            for variant in order + order[::-1]:  # ABBA, then BAAB
-                rate, per_cpu = _round(ports[variant], servers[variant].pid, args)
-                seen[variant].append(rate)
-                rps[variant].append(rate)
-                if per_cpu is not None:
-                    cpu[variant].append(per_cpu)
-                if variant == "audited":
-                    events.append(_events(ports["audited"]))
-            block_ratios.append(statistics.fmean(seen["audited"]) / statistics.fmean(seen["plain"]))
-            print(f"    block {block + 1}: plain {statistics.fmean(seen['plain']):8,.0f} req/s, "
-                  f"instrumented {statistics.fmean(seen['audited']):8,.0f} req/s, "
-                  f"ratio {block_ratios[-1]:.3f}", flush=True)
+        ports = {v: int(servers[v].stdout.readline()) for v in ("plain", "audited")}  # type: ignore[union-attr]
+        counting = not args.same
+        if counting:
+            _events(ports["audited"])  # count from zero
+        cpu_before = {v: _cpu_seconds(p.pid) for v, p in servers.items()}
+        load = subprocess.run(
+            [sys.executable, __file__, "--load", json.dumps(ports), "--blocks",
+             str(args.blocks // args.pairs), "--window", str(args.window),
+             "--connections", str(args.connections)],
+            capture_output=True, text=True, check=False,
+        )
+        if load.returncode:
+            raise SystemExit(f"load generator failed:\n{load.stderr}")
+        cpu_after = {v: _cpu_seconds(p.pid) for v, p in servers.items()}
+        served: dict[str, int] = {}
+        for line in load.stdout.splitlines():
+            block = json.loads(line)
+            for variant, rates in block["rates"].items():
+                pair.rps[variant].extend(rates)
+            served = block["served"]
+            pair.block_ratios.append(statistics.fmean(block["rates"]["audited"])
+                                     / statistics.fmean(block["rates"]["plain"]))
+        if counting and (recorded := _events(ports["audited"])) != served["audited"]:
+            raise SystemExit(f"{recorded} events recorded for {served['audited']} requests")
     finally:
         for proc in servers.values():
             proc.terminate()
             proc.wait(10)
+    per_cpu = {}
+    for variant in servers:
+        before, after = cpu_before[variant], cpu_after[variant]
+        if before is not None and after is not None and after > before:
+            per_cpu[variant] = served[variant] / (after - before)
+    if len(per_cpu) == 2:
+        pair.cpu_ratio = per_cpu["audited"] / per_cpu["plain"]
+    return pair
 
-    plain = statistics.median(rps["plain"])
-    audited = statistics.median(rps["audited"])
+
+def _compare(prefix: str, args: argparse.Namespace) -> None:
+    names = {"plain": prefix + "plain", "audited": prefix + ("plain" if args.same else "audited")}
+    other = "plain again" if args.same else "instrumented"
+    rps: dict[str, list[float]] = {"plain": [], "audited": []}
+    block_ratios: list[float] = []
+    cpu_ratios: list[float] = []
+    for number in range(args.pairs):
+        first = "plain" if number % 2 == 0 else "audited"
+        pair = _run_pair(names, first, args)
+        for variant, rates in pair.rps.items():
+            rps[variant].extend(rates)
+        block_ratios.extend(pair.block_ratios)
+        if pair.cpu_ratio is not None:
+            cpu_ratios.append(pair.cpu_ratio)
+        cpu = "" if pair.cpu_ratio is None else f", per server CPU-second {pair.cpu_ratio:.3f}"
+        print(f"    processes {number + 1} ({first if first == 'plain' else other} started "
+              f"first): ratio {statistics.median(pair.block_ratios):.3f}{cpu}", flush=True)
+    print(f"  plain          median {statistics.median(rps['plain']):8,.0f} req/s")
+    print(f"  {other:<14} median {statistics.median(rps['audited']):8,.0f} req/s"
+          + ("" if args.same else " (one @audit event recorded per request, checked)"))
+    if cpu_ratios:
+        print(f"  requests per server CPU-second: ratio {statistics.median(cpu_ratios):.3f} "
+              "(median over process pairs)")
+    low, high = _quartiles(block_ratios)
     ratio = statistics.median(block_ratios)
-    print(f"  plain                            median {plain:8,.0f} req/s")
-    print(f"  AuditMiddleware + @audit event   median {audited:8,.0f} req/s "
-          f"({min(events):,}..{max(events):,} events recorded per round)")
-    if cpu["plain"] and cpu["audited"]:
-        cpu_ratio = statistics.median(cpu["audited"]) / statistics.median(cpu["plain"])
-        print(f"  requests per server CPU-second   plain {statistics.median(cpu['plain']):,.0f}, "
-              f"instrumented {statistics.median(cpu['audited']):,.0f}, ratio {cpu_ratio:.3f} "
-              "(less disturbed by other load)")
-    print(f"  ratio instrumented/plain (median of per-block ratios) {ratio:.3f}  "
-          f"(target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
+    verdict = "" if args.same else f"  (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})"
+    print(f"  ratio {other}/plain {ratio:.3f}: median of {len(block_ratios)} blocks, "
+          f"middle half {low:.3f}-{high:.3f}{verdict}")
 
 
 # -- instructions per request (deterministic; needs valgrind) ---------------------------------
