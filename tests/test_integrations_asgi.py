@@ -244,6 +244,26 @@ async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(
     assert response.json() == {"actor_id": "user_1", "location": expected}
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        # two header lines are one list: the right-most untrusted hop is the client
+        ([("x-forwarded-for", "203.0.113.7"), ("x-forwarded-for", "10.0.0.5")], "203.0.113.7"),
+        # another header repeated, one X-Forwarded-For
+        ([("accept", "text/html"), ("accept", "*/*"), ("x-forwarded-for", "198.51.100.4")],
+         "198.51.100.4"),
+    ],
+)
+async def test_repeated_headers_are_read_like_one(
+    headers: list[tuple[str, str]], expected: str
+) -> None:
+    app = _starlette(trusted_proxies=["127.0.0.1", "10.0.0.0/8"])
+    with serve_asgi(app) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            response = await client.get("/whoami", headers=[("x-user", "1"), *headers])
+    assert response.json() == {"actor_id": "user_1", "location": expected}
+
+
 async def test_context_is_restored_after_the_request_and_when_the_app_raises() -> None:
     app = _starlette()
     transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 5000))

@@ -135,6 +135,40 @@ class TestRequestBinder:
         assert (ctx.actor_id, ctx.group) == (None, "org_1")
         assert "could not read an actor" in caplog.text
 
+    def test_raw_header_bytes_are_latin_1_and_contexts_are_shared_boundedly(self) -> None:
+        binder: RequestBinder[object] = RequestBinder(actor=None, group="org_1",
+                                                      trusted_proxies=["10.0.0.0/8"])
+        user = {"id": "user_1", "email": "a@example.com"}
+        first = binder.context(object(), user, "10.0.0.1", b"203.0.113.7", b"caf\xe9/1.0")
+        assert (first.actor_id, first.actor_name, first.group, first.location,
+                first.user_agent) == ("user_1", "a@example.com", "org_1", "203.0.113.7",
+                                      "caf\u00e9/1.0")
+        # same request again: the same (frozen) context; another user: its own
+        assert binder.context(object(), dict(user), "10.0.0.1", b"203.0.113.7",
+                              b"caf\xe9/1.0") is first
+        other = binder.context(object(), {"id": "user_2"}, "10.0.0.1", b"203.0.113.7",
+                               b"caf\xe9/1.0")
+        assert (other.actor_id, other.location) == ("user_2", "203.0.113.7")
+        # the str headers of WSGI and Django give the same context as bytes
+        text = binder.context(object(), user, "10.0.0.1", "203.0.113.7", "caf\u00e9/1.0")
+        assert text == first
+        for n in range(5000):
+            agent = f"agent/{n}"
+            assert binder.context(object(), user, "10.0.0.1", None, agent).user_agent == agent
+        assert 0 < len(binder._bound) <= 4096
+        long_agent = "x" * 1000
+        assert binder.context(object(), user, "10.0.0.1", None, long_agent).user_agent == (
+            long_agent)
+        assert not any(key[4] == long_agent for key in binder._bound)  # long headers: not kept
+
+    def test_a_group_resolver_is_asked_on_every_request(self) -> None:
+        groups = iter(["org_1", "org_2"])
+        binder: RequestBinder[object] = RequestBinder(
+            actor=None, group=lambda request: next(groups), trusted_proxies=())
+        user = ("user_1", "a@example.com")
+        assert binder.context(object(), user, "192.0.2.1", None, "ua").group == "org_1"
+        assert binder.context(object(), user, "192.0.2.1", None, "ua").group == "org_2"
+
     def test_bad_resolver_declarations_fail_at_construction(self) -> None:
         with pytest.raises(AuditConfigError, match="actor="):
             RequestBinder(actor="request.user", group=None, trusted_proxies=())  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 _MAX_CACHED = 4096
-_MAX_CACHED_HEADER = 256  # longer X-Forwarded-For headers are walked every time
+_MAX_CACHED_HEADER = 256  # requests with longer X-Forwarded-For or User-Agent: not cached
 _MAX_HOP = 64  # no IP address with port and brackets is longer: not cached, not an IP
 
 
@@ -219,7 +219,7 @@ class RequestBinder(Generic[Req]):
     outside the request, if any, is kept.
     """
 
-    __slots__ = ("actor", "group", "proxies")
+    __slots__ = ("_bound", "actor", "group", "proxies")
 
     def __init__(
         self,
@@ -237,6 +237,9 @@ class RequestBinder(Generic[Req]):
         self.actor = actor
         self.group = group
         self.proxies = TrustedProxies(trusted_proxies)
+        self._bound: dict[
+            tuple[tuple[str, str] | None, str | None, str | None, object, object], AuditContext
+        ] = {}
 
     def user(self, request: Req, default: Callable[[Req], object]) -> object:
         """The request's user, from the ``actor`` resolver or ``default``; ``None`` if it failed."""
@@ -251,12 +254,18 @@ class RequestBinder(Generic[Req]):
         request: Req,
         user: object,
         peer: str | None,
-        forwarded_for: str | None,
-        user_agent: str | None,
+        forwarded_for: str | bytes | None,
+        user_agent: str | bytes | None,
     ) -> AuditContext:
         """This request's audit context: what ``audit_actor(user, group=...,
         location=..., user_agent=...)`` would bind, built directly, as this
         runs on every request. Without a group, the one bound outside is kept.
+        Header values may be raw bytes (ASGI), decoded as Latin-1 when needed.
+
+        Contexts are frozen, so the last few thousand are kept and shared by
+        requests with the same actor, group, peer and headers: the same users
+        come back from the same addresses, and building one costs more than
+        finding it.
         """
         try:
             party = user_party(user)
@@ -277,13 +286,35 @@ class RequestBinder(Generic[Req]):
                 _resolver_failed("group")
                 resolved = None
             group = None if resolved is None else str(resolved)
-        if party is None:
-            actor_id = actor_name = None
-        else:
-            actor_id, actor_name = party
+        key = (party, group, peer, forwarded_for, user_agent)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._new(party, group, peer, _text(forwarded_for), _text(user_agent))
+            if len(self._bound) >= _MAX_CACHED:
+                self._bound.clear()
+            if (forwarded_for is None or len(forwarded_for) <= _MAX_CACHED_HEADER) and (
+                user_agent is None or len(user_agent) <= _MAX_CACHED_HEADER
+            ):
+                self._bound[key] = bound
+        return bound
+
+    def _new(
+        self,
+        party: tuple[str, str] | None,
+        group: str | None,
+        peer: str | None,
+        forwarded_for: str | None,
+        user_agent: str | None,
+    ) -> AuditContext:
+        actor_id, actor_name = party if party is not None else (None, None)
         return _new_context(
             actor_id, actor_name, group, self.proxies.client_ip(peer, forwarded_for), user_agent
         )
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """A header value as text: bytes are Latin-1 (HTTP's), as ASGI servers leave them."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 class RequestBlock:

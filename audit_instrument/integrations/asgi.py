@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from ..context import _current
-from ._common import RequestBinder, settle
+from ._common import RequestBinder, _resolver_failed, settle
 
 __all__ = ["AuditMiddleware"]
 
@@ -78,24 +78,25 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         binder = self._binder
-        user_agent = forwarded = None
-        for name, value in scope.get("headers", ()):
-            if name == b"user-agent":
-                user_agent = value
-            elif name == b"x-forwarded-for":
-                forwarded = value if forwarded is None else forwarded + b"," + value
+        headers = scope.get("headers", ())
+        if type(headers) is not list:  # the spec allows any iterable; servers send lists
+            headers = list(headers)
+        named = dict(headers)  # one pass in C; names repeat only in rare requests
+        user_agent = named.get(b"user-agent")
+        forwarded = named.get(b"x-forwarded-for")
+        if forwarded is not None and len(named) != len(headers):
+            forwarded = b",".join(v for n, v in headers if n == b"x-forwarded-for")
         client = scope.get("client")
-        user = binder.user(scope, _scope_user)
+        actor = binder.actor
+        try:
+            user = actor(scope) if actor is not None else _scope_user(scope)
+        except Exception:
+            _resolver_failed("actor")
+            user = None
         if type(user) not in _PLAIN and hasattr(user, "__await__"):  # an async resolver
             user = await settle("actor", user)
         token = _current.set(
-            binder.context(
-                scope,
-                user,
-                client[0] if client else None,
-                None if forwarded is None else forwarded.decode("latin-1"),
-                None if user_agent is None else user_agent.decode("latin-1"),
-            )
+            binder.context(scope, user, client[0] if client else None, forwarded, user_agent)
         )
         try:
             await self.app(scope, receive, send)
