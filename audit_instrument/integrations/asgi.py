@@ -79,13 +79,12 @@ class AuditMiddleware:
             return
         binder = self._binder
         headers = scope.get("headers", ())
-        if type(headers) is not list:  # the spec allows any iterable; servers send lists
-            headers = list(headers)
-        named = dict(headers)  # one pass in C; names repeat only in rare requests
-        user_agent = named.get(b"user-agent")
-        forwarded = named.get(b"x-forwarded-for")
-        if forwarded is not None and len(named) != len(headers):
-            forwarded = b",".join(v for n, v in headers if n == b"x-forwarded-for")
+        user_agent = forwarded = None
+        for name, value in headers:
+            if name == b"user-agent":
+                user_agent = value
+            elif name == b"x-forwarded-for":  # repeated lines are one list
+                forwarded = value if forwarded is None else forwarded + b"," + value
         client = scope.get("client")
         actor = binder.actor
         try:
