@@ -455,3 +455,40 @@ def test_context_manager_rejects_resolvers_and_reuse() -> None:
     with capture_events(), audit_actor(USER, group="g"), block:
         with pytest.raises(AuditError, match="already open"), block:
             pass
+
+
+def test_the_time_of_an_instrumented_call_is_read_when_the_event_is_built(
+    events: CapturedEvents,
+) -> None:
+    """@audit keeps the clock reading and makes the datetime on first read: the
+    event still says when it happened, not when someone looked."""
+    import copy
+    import dataclasses
+    import threading
+    from datetime import UTC, datetime
+
+    @audit("tweet.read", "R")
+    def read() -> None:
+        return None
+
+    before = datetime.now(UTC)
+    read()
+    after = datetime.now(UTC)
+    while datetime.now(UTC) <= after:  # the clock moves on: a late read would show
+        pass
+    event = events.events[0]
+    seen: list[datetime] = []
+    readers = [threading.Thread(target=lambda: seen.append(event.occurred_at)) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    stamp = event.occurred_at
+    assert before <= stamp <= after and stamp.tzinfo is UTC
+    assert seen == [stamp] * 4 and event.occurred_at is stamp
+    assert f'"occurred_at":"{stamp.isoformat()[:-6]}Z"' in event.to_json()
+    for twin in (copy.copy(event), dataclasses.replace(event, location="2.2.2.2")):
+        assert twin.occurred_at == stamp
+    assert copy.copy(event) == event
+    with pytest.raises(AttributeError, match="'AuditEvent' object has no attribute 'nope'"):
+        event.nope  # type: ignore[attr-defined]  # noqa: B018
