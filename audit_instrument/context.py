@@ -100,16 +100,16 @@ def resolve_party(value: object, what: str = "actor") -> tuple[str, str] | None:
     one of ``email``, ``name``, ``username`` (in that order; the id when none
     is set). Ids that are not strings are converted with ``str()``.
     """
-    if value is None:
-        return None
     ident: Any
     name: Any
-    if type(value) is tuple and len(value) == 2 and type(value[0]) is str and value[0]:
-        ident, name = value
-        return ident, name if type(name) is str and name else ident
     if type(value) is dict:  # the usual mapping, without the ABC check
         ident = value.get("id")
         name = value.get("email") or value.get("name") or value.get("username")
+    elif type(value) is tuple and len(value) == 2 and type(value[0]) is str and value[0]:
+        ident, name = value
+        return ident, name if type(name) is str and name else ident
+    elif value is None:
+        return None
     elif isinstance(value, tuple):
         if len(value) != 2:
             raise AuditValidationError(what, "a tuple must be (id, name)", value)
@@ -135,8 +135,9 @@ def resolve_party(value: object, what: str = "actor") -> tuple[str, str] | None:
                 break
     if ident is None or ident == "":
         return None
-    ident = str(ident)
-    return ident, str(name) if name else ident
+    if type(ident) is not str:
+        ident = str(ident)
+    return ident, (name if type(name) is str else str(name)) if name else ident
 
 
 class _Binding:
