@@ -504,7 +504,7 @@ def _build_event(
     target_id: str,
     location: str,
     occurred_at: datetime | None,
-    metadata: dict[str, Any],
+    metadata: dict[str, Any] | None,
     user_agent: str,
 ) -> AuditEvent:
     """Build an event from parts ``@audit`` already checked.

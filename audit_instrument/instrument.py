@@ -93,7 +93,7 @@ def _make_event(
     actor: object,
     group: object,
     location: str | None,
-    metadata: dict[str, Any],
+    metadata: dict[str, Any] | None,
     occurred_at: datetime | None,
 ) -> AuditEvent:
     """The event of one instrumented call or block; what is not given comes from context."""
@@ -429,13 +429,16 @@ class _Plan:
         ) -> None:
             """Build the event from the call and emit it; report what goes wrong."""
             try:
-                extra = _metadata_from("metadata", metadata(bound, result)) if metadata else {}
-                if snapshot is not None:
-                    after = capture(snapshot(bound, None), fields)
-                    extra.update(diff(before, after, include_unchanged=include_unchanged))
-                if exc is not None:
-                    extra["outcome"] = "failure"
-                    extra["error"] = type(exc).__qualname__
+                extra = _metadata_from("metadata", metadata(bound, result)) if metadata else None
+                if snapshot is not None or exc is not None:  # most calls: no dict to throw away
+                    more = {} if extra is None else extra
+                    if snapshot is not None:
+                        after = capture(snapshot(bound, None), fields)
+                        more.update(diff(before, after, include_unchanged=include_unchanged))
+                    if exc is not None:
+                        more["outcome"] = "failure"
+                        more["error"] = type(exc).__qualname__
+                    extra = more
                 event = _make_event(
                     action,
                     action_type,
