@@ -2,18 +2,23 @@
 
 Run:  python benchmarks/bench_asgi.py          (needs only: pip install -e '.[test]')
 
-Both apps are served by uvicorn, each in its own process, at the same time;
-a stdlib asyncio HTTP/1.1 keep-alive load generator runs in a third process
-(faster than an httpx client, so the server is what is measured). Runs
-alternate in ABBA/BAAB blocks; the ratio reported is the median of the
-per-block ratios, so slow drifts in machine load cancel out. Also printed:
-median requests/s of each, and requests per server CPU-second (read from
-/proc), which other processes on a busy machine disturb much less.
-Target: ratio >= 0.9.
-``--instructions`` adds a figure that does not move with the machine's load:
-instructions the server runs per request, counted under callgrind (valgrind).
-The instrumented app binds actor, group, location and user agent from each
-request and records one event into a MemorySender (emptied between rounds).
+Both apps authenticate the request (an outer middleware sets
+``scope["user"]``) and call the same ``read_doc``; the instrumented one adds
+``AuditMiddleware`` (actor, group, location and user agent from the request)
+and ``@audit`` on ``read_doc``, recording one event per request into a
+MemorySender. Each is served by uvicorn (h11) in its own process, pinned to
+one CPU; a stdlib asyncio keep-alive load generator on the other CPU loads
+them in turn, 0.4 s windows in ABBA/BAAB blocks, so drifts in the machine's
+speed cancel out. A pair of server processes can be a few % faster or slower
+than another with identical code (memory layout, hash seed; ``--same`` shows
+it), so the blocks are spread over 8 pairs of fresh processes. The ratio is
+the median of the per-block ratios. Also printed: requests per server
+CPU-second (from /proc). Target: ratio >= 0.9.
+
+Deterministic figures (valgrind): ``--instructions``, the server's
+instructions per request; ``--misses``, cache misses of one request with the
+CPU caches flushed before it, which is how a busy server runs our code, and
+what its cost follows.
 """
 
 from __future__ import annotations
@@ -250,11 +255,19 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true",
                         help="also count server instructions per request under callgrind "
                              "(deterministic; needs valgrind, ~2 minutes per app)")
+    parser.add_argument("--misses", action="store_true",
+                        help="also count cache misses of one request with cold caches, under "
+                             "callgrind's cache simulator (deterministic; needs valgrind)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--cold", help=argparse.SUPPRESS)
+    parser.add_argument("--cold-count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--load", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve)
+        return
+    if args.cold:
+        _cold_requests(args.cold, args.cold_count)
         return
     if args.load:
         _pin(1)
@@ -268,11 +281,14 @@ def main() -> None:
         title = "raw ASGI app" if app == "asgi" else "minimal Starlette app"
         print(f"{title} under uvicorn (h11), {args.connections} keep-alive connections:")
         _compare(prefix, args)
-        if args.instructions:
+        for wanted, flag, compare in ((args.instructions, "--instructions", _compare_instructions),
+                                      (args.misses, "--misses", _compare_misses)):
+            if not wanted:
+                continue
             if shutil.which("valgrind") is None:
-                print("  (--instructions: valgrind is not installed; skipped)")
+                print(f"  ({flag}: valgrind is not installed; skipped)")
             else:
-                _compare_instructions(prefix)
+                compare(prefix)
 
 
 def _quartiles(values: list[float]) -> tuple[float, float]:
@@ -441,6 +457,86 @@ def _compare_instructions(prefix: str) -> None:
           "instructions per second")
 
 
+# -- cache misses of a request with cold caches (deterministic; needs valgrind) -----------------
+
+_FLUSH_BYTES = 16 << 20  # more than the last-level cache: everything is cold again
+
+
+def _cold_requests(name: str, count: int) -> None:
+    """Call app ``name`` directly ``count`` times, evicting the CPU caches before each call.
+
+    Between two requests a busy server runs hundreds of thousands of its own
+    instructions and the kernel's: what a request touches comes from memory.
+    """
+    app = _apps()[name]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": PATH, "raw_path": PATH.encode(),
+             "query_string": b"", "root_path": "", "state": {},
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench/1.0"),
+                         (b"x-user", b"user_1"), (b"x-forwarded-for", b"203.0.113.7")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    flush = bytearray(_FLUSH_BYTES)
+    line = bytes(_FLUSH_BYTES // 64)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def run() -> None:
+        for _ in range(count):
+            flush[::64] = line  # one write per cache line
+            await app(dict(scope), receive, send)
+
+    asyncio.run(run())
+
+
+def _misses(name: str, count: int, directory: str) -> tuple[int, int]:
+    """(instructions, L1 instruction + data misses) of ``count`` cold requests, whole run."""
+    out = os.path.join(directory, f"cachegrind.{name}.{count}")
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--callgrind-out-file={out}",
+         sys.executable, __file__, "--cold", name, "--cold-count", str(count)],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    with open(out) as profile:
+        events: list[str] = []
+        for text in profile:
+            if text.startswith("events:"):
+                events = text.split()[1:]
+            elif text.startswith(("summary:", "totals:")):
+                totals = dict(zip(events, map(int, text.split()[1:]), strict=False))
+                return totals["Ir"], totals["I1mr"] + totals["D1mr"] + totals["D1mw"]
+    raise RuntimeError(f"no totals in {out}")
+
+
+def _compare_misses(prefix: str) -> None:
+    """Cache misses per request with cold caches, plain vs instrumented (callgrind's simulator).
+
+    On a busy server nearly everything our code touches has been evicted
+    between requests, so its cost follows the cache lines it touches more
+    than its instructions. The difference between 100 and 300 requests
+    leaves one request; the flush's own misses are the same in both apps.
+    """
+    import tempfile
+
+    short, long = 100, 300
+    per_request: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-asgi-") as directory:
+        for variant in ("plain", "audited"):
+            runs = [_misses(prefix + variant, n, directory) for n in (short, long)]
+            per_request[variant] = (
+                (runs[1][0] - runs[0][0]) / (long - short),
+                (runs[1][1] - runs[0][1]) / (long - short),
+            )
+    plain_ir, plain_miss = per_request["plain"]
+    audited_ir, audited_miss = per_request["audited"]
+    flush = _FLUSH_BYTES // 64
+    print(f"  cold request (caches flushed), L1 misses beyond the flush's {flush:,}: "
+          f"plain {plain_miss - flush:,.0f}, instrumented {audited_miss - flush:,.0f} "
+          f"(+{audited_miss - plain_miss:,.0f}); instructions +{audited_ir - plain_ir:,.0f}")
 
 
 if __name__ == "__main__":
