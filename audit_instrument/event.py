@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from time import time_ns as _time_ns
 from json.encoder import encode_basestring as _quote  # C-accelerated; ensure_ascii=False's
+from time import time_ns as _time_ns
 from types import MappingProxyType
 from typing import Any
 
