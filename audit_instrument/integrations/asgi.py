@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from ..context import _current
-from ._common import RequestBinder, _resolver_failed, settle
+from ._common import RequestBinder, settle
 
 __all__ = ["AuditMiddleware"]
 
@@ -78,20 +78,14 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         binder = self._binder
-        headers = scope.get("headers", ())
         user_agent = forwarded = None
-        for name, value in headers:
+        for name, value in scope.get("headers", ()):
             if name == b"user-agent":
                 user_agent = value
             elif name == b"x-forwarded-for":  # repeated lines are one list
                 forwarded = value if forwarded is None else forwarded + b"," + value
         client = scope.get("client")
-        actor = binder.actor
-        try:
-            user = actor(scope) if actor is not None else _scope_user(scope)
-        except Exception:
-            _resolver_failed("actor")
-            user = None
+        user = binder.user(scope, _scope_user)
         if type(user) not in _PLAIN and hasattr(user, "__await__"):  # an async resolver
             user = await settle("actor", user)
         token = _current.set(
