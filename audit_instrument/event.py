@@ -358,15 +358,11 @@ class AuditEvent(_Clock):
     def __getattr__(self, name: str) -> Any:
         # Reached only for an unset slot: ``occurred_at`` of an event built by
         # ``@audit`` before its first read (see ``_Clock``).
-        if name == "occurred_at":
-            try:
-                ns = self._ns
-            except AttributeError:
-                pass
-            else:
-                value = _EPOCH + timedelta(microseconds=ns // 1000)  # floor, as now() does
-                object.__setattr__(self, "occurred_at", value)
-                return value
+        ns = getattr(self, "_ns", None) if name == "occurred_at" else None
+        if ns is not None:
+            value = _EPOCH + timedelta(microseconds=ns // 1000)  # floor, as now() does
+            object.__setattr__(self, "occurred_at", value)
+            return value
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:

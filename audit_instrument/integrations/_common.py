@@ -289,7 +289,9 @@ class RequestBinder(Generic[Req]):
         key = (party, group, peer, forwarded_for, user_agent)
         bound = self._bound.get(key)
         if bound is None:
-            bound = self._new(party, group, peer, _text(forwarded_for), _text(user_agent))
+            actor_id, actor_name = party if party is not None else (None, None)
+            location = self.proxies.client_ip(peer, _text(forwarded_for))
+            bound = _new_context(actor_id, actor_name, group, location, _text(user_agent))
             if len(self._bound) >= _MAX_CACHED:
                 self._bound.clear()
             if (forwarded_for is None or len(forwarded_for) <= _MAX_CACHED_HEADER) and (
@@ -297,19 +299,6 @@ class RequestBinder(Generic[Req]):
             ):
                 self._bound[key] = bound
         return bound
-
-    def _new(
-        self,
-        party: tuple[str, str] | None,
-        group: str | None,
-        peer: str | None,
-        forwarded_for: str | None,
-        user_agent: str | None,
-    ) -> AuditContext:
-        actor_id, actor_name = party if party is not None else (None, None)
-        return _new_context(
-            actor_id, actor_name, group, self.proxies.client_ip(peer, forwarded_for), user_agent
-        )
 
 
 def _text(value: str | bytes | None) -> str | None:
