@@ -9,10 +9,12 @@ and ``@audit`` on ``read_doc``, recording one event per request into a
 MemorySender. Each is served by uvicorn (h11) in its own process, pinned to
 one CPU; a stdlib asyncio keep-alive load generator on the other CPU loads
 them in turn, 0.4 s windows in ABBA/BAAB blocks, so drifts in the machine's
-speed cancel out. A pair of server processes can be a few % faster or slower
-than another with identical code (memory layout, hash seed; ``--same`` shows
-it), so the blocks are spread over 8 pairs of fresh processes. The ratio is
-the median of the per-block ratios. Also printed: requests per server
+speed cancel out. Where a process's objects land in memory changes its
+speed by up to ~10% with identical code (the same code read 0.80 or 0.91
+depending only on the script's path), so each server process draws a random
+memory layout and the blocks are spread over 12 pairs of fresh processes;
+``--same`` (the plain app against itself) shows what is left of the noise.
+The ratio is the median of the per-block ratios. Also printed: requests per server
 CPU-second (from /proc). Target: ratio >= 0.9.
 
 Deterministic figures (valgrind): ``--instructions``, the server's
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -138,7 +141,24 @@ def _pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu % (os.cpu_count() or 1)})
 
 
+_LAYOUT_ENV = "AUDIT_BENCH_LAYOUT"
+_layout_padding: list[object] = []
+
+
+def _shift_layout() -> None:
+    """Move this process's heap by the amount its parent drew (see ``_layout_env``).
+
+    Done before uvicorn and the apps are imported, so every object they
+    allocate lands elsewhere; the environment variable's own length moves
+    the stack.
+    """
+    objects = len(os.environ.get(_LAYOUT_ENV, ""))
+    # strings: the garbage collector does not track them, so collections are unchanged
+    _layout_padding.extend(str(n) * 3 for n in range(objects * 4))
+
+
 def _serve(variant: str) -> None:
+    _shift_layout()
     import uvicorn
 
     _pin(0)
@@ -240,11 +260,14 @@ def _events(port: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--blocks", type=int, default=40,
+    parser.add_argument("--blocks", type=int, default=48,
                         help="blocks of 4 windows (ABBA / BAAB); each variant has two per block")
-    parser.add_argument("--pairs", type=int, default=8,
+    parser.add_argument("--pairs", type=int, default=12,
                         help="pairs of server processes the blocks are spread over; each "
-                             "process's memory layout and hash seed change its speed by a few %%")
+                             "process draws its own memory layout, which changes its speed "
+                             "by up to ~10%%")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the layouts drawn (default: a new one each run)")
     parser.add_argument("--window", type=float, default=0.4, help="measured seconds per window")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--app", choices=["asgi", "starlette", "both"], default="both",
@@ -275,11 +298,14 @@ def main() -> None:
         asyncio.run(_alternate(ports, args.blocks, args.window, args.connections))
         return
 
+    if args.seed is None:
+        args.seed = random.randrange(1_000_000)
     apps = ["asgi", "starlette"] if args.app == "both" else [args.app]
     for app in apps:
         prefix = "" if app == "asgi" else "starlette-"
         title = "raw ASGI app" if app == "asgi" else "minimal Starlette app"
-        print(f"{title} under uvicorn (h11), {args.connections} keep-alive connections:")
+        print(f"{title} under uvicorn (h11), {args.connections} keep-alive connections, "
+              f"{args.pairs} pairs of processes with random memory layouts (--seed {args.seed}):")
         _compare(prefix, args)
         for wanted, flag, compare in ((args.instructions, "--instructions", _compare_instructions),
                                       (args.misses, "--misses", _compare_misses)):
@@ -305,14 +331,29 @@ class _Pair:
         self.cpu_ratio: float | None = None
 
 
-def _run_pair(names: dict[str, str], first: str, args: argparse.Namespace) -> _Pair:
+def _layout_env(rng: random.Random) -> dict[str, str]:
+    """The environment of one server process, with a random memory layout.
+
+    Where a process's objects land in memory (and so which of them share
+    cache sets) follows from everything allocated before them: the same
+    code read 0.80 or 0.91 depending only on the script's path or an unused
+    ``PYTHONPATH`` entry. Each server process therefore draws its own layout
+    (a padding of 0-1,023 characters here, and four times as many small
+    objects allocated before uvicorn starts), and the ratio is a median over
+    many layouts rather than one lucky or unlucky one.
+    """
+    return {**os.environ, _LAYOUT_ENV: "x" * rng.randrange(1024)}
+
+
+def _run_pair(names: dict[str, str], first: str, args: argparse.Namespace,
+              rng: random.Random) -> _Pair:
     """Start both servers (``first`` first), load them in turn, stop them."""
     pair = _Pair()
     order = [first, "audited" if first == "plain" else "plain"]
     servers = {
         variant: subprocess.Popen(
             [sys.executable, __file__, "--serve", names[variant]], stdout=subprocess.PIPE,
-            text=True,
+            text=True, env=_layout_env(rng),
         )
         for variant in order
     }
@@ -361,9 +402,10 @@ def _compare(prefix: str, args: argparse.Namespace) -> None:
     rps: dict[str, list[float]] = {"plain": [], "audited": []}
     block_ratios: list[float] = []
     cpu_ratios: list[float] = []
+    rng = random.Random(args.seed)
     for number in range(args.pairs):
         first = "plain" if number % 2 == 0 else "audited"
-        pair = _run_pair(names, first, args)
+        pair = _run_pair(names, first, args, rng)
         for variant, rates in pair.rps.items():
             rps[variant].extend(rates)
         block_ratios.extend(pair.block_ratios)
