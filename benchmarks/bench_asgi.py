@@ -12,7 +12,7 @@ them in turn, 0.4 s windows in ABBA/BAAB blocks, so drifts in the machine's
 speed cancel out. Where a process's objects land in memory changes its
 speed by up to ~10% with identical code (the same code read 0.80 or 0.91
 depending only on the script's path), so each server process draws a random
-memory layout and the blocks are spread over 12 pairs of fresh processes;
+memory layout and the blocks are spread over 24 pairs of fresh processes;
 ``--same`` (the plain app against itself) shows what is left of the noise.
 The ratio is the median of the per-block ratios. Also printed: requests per server
 CPU-second (from /proc). Target: ratio >= 0.9.
@@ -262,7 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", type=int, default=48,
                         help="blocks of 4 windows (ABBA / BAAB); each variant has two per block")
-    parser.add_argument("--pairs", type=int, default=12,
+    parser.add_argument("--pairs", type=int, default=24,
                         help="pairs of server processes the blocks are spread over; each "
                              "process draws its own memory layout, which changes its speed "
                              "by up to ~10%%")
