@@ -10,7 +10,7 @@ MemorySender. Each is served by uvicorn (h11) in its own process, pinned to
 one CPU; a stdlib asyncio keep-alive load generator on the other CPU loads
 them in turn, 0.4 s windows in ABBA/BAAB blocks, so drifts in the machine's
 speed cancel out. Where a process's objects land in memory changes its
-speed by up to ~10% with identical code (the same code read 0.80 or 0.91
+speed by 10% or more with identical code (the same code read 0.80 or 0.91
 depending only on the script's path), so each server process draws a random
 memory layout and the blocks are spread over 24 pairs of fresh processes;
 ``--same`` (the plain app against itself) shows what is left of the noise.
@@ -265,7 +265,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=24,
                         help="pairs of server processes the blocks are spread over; each "
                              "process draws its own memory layout, which changes its speed "
-                             "by up to ~10%%")
+                             "by 10%% or more")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the layouts drawn (default: a new one each run)")
     parser.add_argument("--window", type=float, default=0.4, help="measured seconds per window")
