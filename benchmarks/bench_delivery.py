@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/bench_delivery.py [--events 3000] [--peer-venv DIR]
 
-The loopback WorkOS stand-in (``tests/workos_server.py``) runs in its own
+The loopback WorkOS stand-in (``tests/support/workos_server.py``) runs in its own
 process. The official SDK (``workos`` from PyPI) is installed on first run
 into its own virtualenv (default ``/tmp/audit_instrument-bench-peer``), never
 into this project's environment, and driven there as its users do: a loop of
@@ -40,7 +40,7 @@ from audit_instrument.event import AuditEvent
 from audit_instrument.senders.workos import WorkOS
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "tests" / "workos_server.py"
+SERVER = ROOT / "tests" / "support" / "workos_server.py"
 SEED = {
     "group": "org_1", "action": "tweet.update", "action_type": "U",
     "actor_name": "user@email.com", "actor_id": "user_1",

@@ -39,7 +39,7 @@ from audit_instrument.event import ActionType, AuditEvent
 from audit_instrument.senders.workos import WorkOS
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "tests" / "workos_server.py"
+SERVER = ROOT / "tests" / "support" / "workos_server.py"
 SYNC: Literal["FULL", "NORMAL"] = "FULL"
 
 

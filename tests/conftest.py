@@ -1,17 +1,21 @@
-"""Shared fixtures: every test starts with no senders, default settings, empty context."""
+"""Shared fixtures: every test starts with no senders, default settings, empty context.
+
+Helpers (event factory, servers, waiting) are in :mod:`support`.
+"""
 
 from __future__ import annotations
 
 import contextvars
-import os
-import signal
-import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from support.workos import API_KEY, FAST, ServerProcess
+from support.workos_server import WorkOSServer
 
 from audit_instrument import config, signals
 from audit_instrument.context import _EMPTY, _current
+from audit_instrument.senders.workos import WorkOS
 
 
 @pytest.fixture(autouse=True)
@@ -28,35 +32,6 @@ def _clean_audit_state() -> Iterator[None]:
             signal._clear_state()  # blinker's own reset, meant for tests
 
 
-def wait_for(
-    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.005
-) -> None:
-    """Wait until ``condition()`` is truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
-        time.sleep(interval)
-
-
-def wait_child(pid: int, timeout: float = 30.0) -> int:
-    """A forked child's exit code; kill it and fail if it has not exited in time.
-
-    A bare ``os.waitpid(pid, 0)`` would hang the whole suite if the child
-    deadlocked (a lock held across fork); this fails the one test instead.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"forked child {pid} still running after {timeout}s")
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def run_in_fresh_context() -> Callable[..., object]:
     """Run a callable in an empty copy of the context (as a new thread would)."""
@@ -65,3 +40,42 @@ def run_in_fresh_context() -> Callable[..., object]:
         return contextvars.Context().run(fn, *args)
 
     return run
+
+
+@pytest.fixture
+def server() -> Iterator[WorkOSServer]:
+    """A WorkOS stand-in on 127.0.0.1 in a thread of this process."""
+    with WorkOSServer(api_key=API_KEY) as running:
+        yield running
+
+
+@pytest.fixture
+def make_workos(server: WorkOSServer) -> Iterator[Callable[..., WorkOS]]:
+    """Build WorkOS senders aimed at ``server``; each is shut down after the test."""
+    made: list[WorkOS] = []
+
+    def make(**kwargs: Any) -> WorkOS:
+        kwargs.setdefault("base_url", server.url)
+        kwargs.setdefault("retry", FAST)
+        sender = WorkOS(kwargs.pop("api_key", API_KEY), **kwargs)
+        made.append(sender)
+        return sender
+
+    yield make
+    for sender in made:
+        sender.shutdown(timeout=2)
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    """Start test servers in their own processes; all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        process = ServerProcess(*args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

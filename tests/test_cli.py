@@ -14,7 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from _audit_store import T0, fill, make_event, raw, swap_rows
+from support.events import T0, make_event
+from support.store import fill, raw, swap_rows
 
 from audit_instrument import AuditEvent
 from audit_instrument.cli import main

@@ -16,23 +16,16 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
-from _workos_helpers import (
-    API_KEY,
-    FAST,
-    USER_LOGIN,
-    ServerProcess,
-    event,
-)
-from conftest import wait_child
-from workos_server import Fault, WorkOSServer
+from support.events import USER_LOGIN, make_event
+from support.waiting import wait_child
+from support.workos import API_KEY, FAST, ServerProcess
+from support.workos_server import Fault, WorkOSServer
 
 from audit_instrument import DeliveryError, signals
 from audit_instrument.delivery import RetryPolicy, parse_retry_after
 from audit_instrument.delivery.handle import DeliveryHandle
 from audit_instrument.event import AuditEvent
 from audit_instrument.senders.workos import WorkOS
-
-pytest_plugins = ["_workos_fixtures"]
 
 MakeWorkOS = Callable[..., WorkOS]
 
@@ -119,8 +112,8 @@ def test_full_queue_drops_and_counts(server: WorkOSServer, make_workos: MakeWork
     dropped: list[str] = []
     signals.event_dropped.connect(lambda e, **kw: dropped.append(kw["reason"]), weak=False)
     workos = make_workos(queue_size=2, max_in_flight=1, when_full="drop", timeout=30)
-    first, second = workos.create_event(event(1)), workos.create_event(event(2))
-    third = workos.create_event(event(3))
+    first, second = workos.create_event(make_event(1)), workos.create_event(make_event(2))
+    third = workos.create_event(make_event(3))
     error = third.exception(timeout=0)
     assert isinstance(error, DeliveryError) and "queue full" in str(error)
     assert not first.done() and not second.done()
@@ -134,9 +127,9 @@ def test_full_queue_blocks_for_room_then_drops(
     server.hang_all = True
     workos = make_workos(queue_size=1, max_in_flight=1, when_full="block", block_timeout=0.2,
                          timeout=30)
-    workos.create_event(event(1))
+    workos.create_event(make_event(1))
     started = time.monotonic()
-    late = workos.create_event(event(2))
+    late = workos.create_event(make_event(2))
     assert time.monotonic() - started >= 0.18  # it waited for room ...
     assert isinstance(late.exception(0), DeliveryError)  # ... and then dropped
     workos.shutdown(0.1)
@@ -147,8 +140,8 @@ def test_blocked_producer_gets_room_when_an_event_completes(
 ) -> None:
     server.script(Fault.slow(0.1))
     workos = make_workos(queue_size=1, max_in_flight=1, when_full="block", block_timeout=5)
-    workos.create_event(event(1))
-    workos.create_event(event(2)).result(timeout=5)  # would drop if blocking gave up
+    workos.create_event(make_event(1))
+    workos.create_event(make_event(2)).result(timeout=5)  # would drop if blocking gave up
     assert server.accepted_count == 2
 
 
@@ -160,7 +153,7 @@ def test_flush_and_shutdown_honour_deadlines_on_a_server_that_never_answers(
     dropped: list[str] = []
     signals.event_dropped.connect(lambda e, **kw: dropped.append(kw["reason"]), weak=False)
     workos = make_workos(timeout=60, max_in_flight=1)
-    handles = [workos.create_event(event(n)) for n in range(3)]
+    handles = [workos.create_event(make_event(n)) for n in range(3)]
     server.wait_for_requests(1)
     started = time.monotonic()
     assert workos.flush(0.3) == 3
@@ -232,9 +225,9 @@ def test_forked_child_delivers_with_its_own_thread_and_client(
     server: WorkOSServer, make_workos: MakeWorkOS
 ) -> None:
     workos = make_workos()
-    workos.create_event(event(0)).result(timeout=5)  # parent's threads and client are running
+    workos.create_event(make_event(0)).result(timeout=5)  # parent's threads and client are running
     read_end, write_end = os.pipe()
-    child_event = event(1)
+    child_event = make_event(1)
     pid = os.fork()
     if pid == 0:  # the child: deliver through the inherited sender, report, leave at once
         code = 1
@@ -252,7 +245,7 @@ def test_forked_child_delivers_with_its_own_thread_and_client(
     os.close(read_end)
     assert report == b"0" and exit_code == 0
     assert child_event.idempotency_key in server.accepted
-    workos.create_event(event(2)).result(timeout=5)  # the parent is unaffected
+    workos.create_event(make_event(2)).result(timeout=5)  # the parent is unaffected
     assert server.accepted_count == 3
 
 
@@ -260,7 +253,7 @@ def test_pid_check_rebuilds_state_when_fork_hooks_were_skipped(
     server: WorkOSServer, make_workos: MakeWorkOS
 ) -> None:
     workos = make_workos()
-    workos.create_event(event(0)).result(timeout=5)
+    workos.create_event(make_event(0)).result(timeout=5)
     engine = workos.engine
     old_threads = engine._threads
     # Recreate what a child forked without the os.register_at_fork hooks inherits:
@@ -276,7 +269,7 @@ def test_pid_check_rebuilds_state_when_fork_hooks_were_skipped(
     assert not any(thread.is_alive() for thread in old_threads)
     engine._lock.acquire()  # held by a thread that did not survive the fork
     engine._pid = -1
-    child_event = event(1)
+    child_event = make_event(1)
     workos.create_event(child_event).result(timeout=5)  # the inherited lock is not waited on
     assert child_event.idempotency_key in server.accepted
     assert engine._pid == os.getpid() and engine._threads and engine._threads is not old_threads
@@ -329,7 +322,7 @@ def test_soak_10k_events_against_30_percent_random_faults(
     failed: list[object] = []
     signals.event_failed.connect(lambda e, **kw: failed.append(kw["error"]), weak=False)
     try:
-        handles = [workos.create_event(event(n)) for n in range(10_000)]
+        handles = [workos.create_event(make_event(n)) for n in range(10_000)]
         assert workos.flush(120) == 0
     finally:
         workos.shutdown(5)
@@ -385,7 +378,7 @@ def test_a_server_that_is_down_is_probed_not_hammered(
     workos = make_workos(max_in_flight=4,
                          retry=RetryPolicy(initial_backoff=2.0, max_backoff=2.0, deadline=60))
     with caplog.at_level(logging.INFO, "audit_instrument"):
-        handles = workos.create_events([event(n) for n in range(50)])
+        handles = workos.create_events([make_event(n) for n in range(50)])
         assert workos.flush(20) == 0
     assert all(h.delivered for h in handles)
     assert server.accepted_count == 50 and server.duplicates == 0
@@ -404,7 +397,7 @@ def test_retry_after_pauses_every_event_not_just_the_refused_one(
 ) -> None:
     server.script(Fault.rate_limited("1"))
     workos = make_workos(max_in_flight=1)
-    handles = workos.create_events([event(n) for n in range(3)])
+    handles = workos.create_events([make_event(n) for n in range(3)])
     assert workos.flush(10) == 0 and all(h.delivered for h in handles)
     first, second, *_ = server.requests
     assert first.idempotency_key == handles[0].event.idempotency_key

@@ -271,7 +271,8 @@ def test_each_rule_fails_with_field_and_rule(
     ],
 )
 def test_each_rule_passes_at_its_limit(changes: dict[str, object]) -> None:
-    AuditEvent(**valid(**changes))  # type: ignore[arg-type]
+    event = AuditEvent(**valid(**changes))  # type: ignore[arg-type]
+    assert AuditEvent.from_dict(event.to_record()) == event
 
 
 def test_action_type_enum_and_string_are_the_same() -> None:

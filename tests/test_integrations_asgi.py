@@ -12,8 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from _integration_servers import serve_asgi
-from conftest import wait_for
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
@@ -24,6 +22,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from support.servers import serve_asgi
+from support.waiting import wait_for
 
 from audit_instrument import audit, audit_actor, audit_context, configure, current_context
 from audit_instrument.integrations.asgi import AuditMiddleware

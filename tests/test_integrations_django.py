@@ -22,7 +22,6 @@ if not settings.configured:  # self-contained: no settings module, no database
     )
     django.setup()
 
-from _integration_servers import serve_asgi
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.handlers.asgi import ASGIHandler
 from django.http import JsonResponse, StreamingHttpResponse
@@ -31,6 +30,7 @@ from django.urls import path
 from django.utils.asyncio import async_unsafe
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.functional import SimpleLazyObject
+from support.servers import serve_asgi
 
 from audit_instrument import AuditConfigError, audit, audit_actor, configure, current_context
 from audit_instrument.integrations.django import AuditMiddleware

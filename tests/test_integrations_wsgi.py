@@ -11,8 +11,8 @@ from wsgiref.util import FileWrapper
 
 import httpx
 import pytest
-from _integration_servers import serve_wsgi
 from flask import Flask, Response, request, send_file
+from support.servers import serve_wsgi
 
 from audit_instrument import audit, audit_actor, configure, current_context
 from audit_instrument.integrations.wsgi import AuditMiddleware

@@ -14,15 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _workos_helpers import API_KEY, FAST, ServerProcess, event
-from conftest import wait_child, wait_for
-from workos_server import WorkOSServer
+from support.events import make_event
+from support.waiting import wait_child, wait_for
+from support.workos import API_KEY, FAST, ServerProcess
+from support.workos_server import WorkOSServer
 
 from audit_instrument import AuditConfigError, AuditValidationError, DeliveryError
 from audit_instrument.delivery import Outbox
 from audit_instrument.senders.workos import WorkOS
-
-pytest_plugins = ["_workos_fixtures"]
 
 MakeWorkOS = Callable[..., WorkOS]
 
@@ -38,7 +37,7 @@ def test_event_is_on_disk_before_create_event_returns(
     server.hang_all = True
     path = tmp_path / "outbox.db"
     workos = make_workos(outbox=path, timeout=30)
-    handle = workos.create_event(event(1))
+    handle = workos.create_event(make_event(1))
     assert _rows(path) == [(handle.event.idempotency_key, 0)]  # another connection sees it
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
     workos.shutdown(0.1)
@@ -51,7 +50,7 @@ def test_delivered_events_leave_the_outbox(
 ) -> None:
     path = tmp_path / "outbox.db"
     workos = make_workos(outbox=path)
-    handles = [workos.create_event(event(n)) for n in range(20)]
+    handles = [workos.create_event(make_event(n)) for n in range(20)]
     assert workos.flush(10) == 0
     assert all(h.delivered for h in handles)
     assert _rows(path) == []
@@ -66,7 +65,7 @@ def test_restart_sends_pending_events_with_their_original_keys(
     path = tmp_path / "outbox.db"
     server.hang_all = True
     first = make_workos(outbox=path, timeout=30)
-    keys = {first.create_event(event(n)).event.idempotency_key for n in range(5)}
+    keys = {first.create_event(make_event(n)).event.idempotency_key for n in range(5)}
     assert first.shutdown(0.1) == 5  # left on disk, not lost
     server.hang_all = False
     second = make_workos(outbox=path)
@@ -81,7 +80,7 @@ def test_rejected_event_becomes_a_dead_letter_and_can_be_resent(
     path = tmp_path / "outbox.db"
     server.reject_actions["tweet.update"] = (422, "Invalid target type")
     workos = make_workos(outbox=path)
-    handle = workos.create_event(event(1))
+    handle = workos.create_event(make_event(1))
     error = handle.exception(timeout=5)
     assert isinstance(error, DeliveryError) and error.status == 422
     workos.flush(5)
@@ -101,7 +100,7 @@ def test_rejected_event_becomes_a_dead_letter_and_can_be_resent(
 
 def test_many_threads_commit_every_event(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "outbox.db", synchronous="NORMAL")
-    events = [event(n) for n in range(800)]
+    events = [make_event(n) for n in range(800)]
 
     def write(chunk: list[object]) -> None:
         for item in chunk:
@@ -121,7 +120,7 @@ def test_a_claimed_event_is_not_claimed_again_while_its_owner_lives(tmp_path: Pa
     path = tmp_path / "outbox.db"
     with Outbox(path) as writer:
         for n in range(10):
-            writer.add(event(n))
+            writer.add(make_event(n))
     first, second = Outbox(path), Outbox(path)
     assert len(first.claim(6)) == 6
     assert len(second.claim(100)) == 4
@@ -219,7 +218,7 @@ def test_two_processes_share_one_outbox_and_deliver_each_event_once(
     path = tmp_path / "outbox.db"
     with Outbox(path, synchronous="NORMAL") as box:  # a backlog both will drain
         for n in range(300):
-            box.add(event(n))
+            box.add(make_event(n))
     children = [_child(remote.url, path, "emit", 200, tag=f"p{i}") for i in range(2)]
     outputs = [child.communicate(timeout=120) for child in children]
     for child, (out, err) in zip(children, outputs, strict=True):
@@ -239,9 +238,9 @@ def test_outbox_survives_fork_with_its_own_connection(
 ) -> None:
     path = tmp_path / "outbox.db"
     workos = make_workos(outbox=path)
-    workos.create_event(event(0)).result(timeout=5)
+    workos.create_event(make_event(0)).result(timeout=5)
     workos.flush(timeout=5)  # fork with the delivery threads idle, as an app would
-    child_event = event(1)
+    child_event = make_event(1)
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -252,7 +251,7 @@ def test_outbox_survives_fork_with_its_own_connection(
             os._exit(code)
     assert wait_child(pid, timeout=20) == 0
     assert child_event.idempotency_key in server.accepted
-    workos.create_event(event(2)).result(timeout=5)
+    workos.create_event(make_event(2)).result(timeout=5)
     assert FAST.deadline > 0 and server.accepted_count == 3
 
 
@@ -262,7 +261,7 @@ def test_create_events_commits_the_lot_before_returning(
     server.hang_all = True
     path = tmp_path / "outbox.db"
     workos = make_workos(outbox=path, timeout=30, queue_size=3)  # 3 queued, 7 wait on disk
-    handles = workos.create_events([event(n) for n in range(10)])
+    handles = workos.create_events([make_event(n) for n in range(10)])
     assert [key for key, _ in _rows(path)] == [h.event.idempotency_key for h in handles]
     assert workos.shutdown(0.1) == 10  # left on disk, not lost
     server.hang_all = False
@@ -276,7 +275,7 @@ def test_create_events_delivers_each_once_and_settles_every_handle(
     server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path
 ) -> None:
     workos = make_workos(outbox=tmp_path / "outbox.db", queue_size=4)
-    handles = workos.create_events([event(n) for n in range(25)])
+    handles = workos.create_events([make_event(n) for n in range(25)])
     assert workos.flush(10) == 0
     assert [h.result(5) for h in handles] == [h.event for h in handles]
     assert all(h.delivered for h in handles)
@@ -291,9 +290,9 @@ def test_create_events_with_one_bad_event_queues_none(
 ) -> None:
     path = tmp_path / "outbox.db"
     workos = make_workos(outbox=path if durable else None)
-    bad = event(1).to_dict() | {"action": "no-category"}
+    bad = make_event(1).to_dict() | {"action": "no-category"}
     with pytest.raises(AuditValidationError) as caught:
-        workos.create_events([event(0), bad, event(2)])
+        workos.create_events([make_event(0), bad, make_event(2)])
     assert caught.value.field == "action"
     assert workos.flush(5) == 0 and server.accepted == {}
     if durable:
@@ -305,6 +304,6 @@ def test_create_events_after_shutdown_settles_each_handle_with_an_error(
 ) -> None:
     workos = make_workos(outbox=tmp_path / "outbox.db")
     workos.shutdown(1)
-    handles = workos.create_events([event(0), event(1)])
+    handles = workos.create_events([make_event(0), make_event(1)])
     assert [type(h.exception(1)) for h in handles] == [DeliveryError, DeliveryError]
     assert _rows(tmp_path / "outbox.db") == []

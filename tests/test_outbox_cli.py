@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _workos_helpers import API_KEY, event
-from workos_server import WorkOSServer
+from support.events import make_event
+from support.workos import API_KEY
+from support.workos_server import WorkOSServer
 
 from audit_instrument.delivery import Outbox
 from audit_instrument.senders.workos import WorkOS
-
-pytest_plugins = ["_workos_fixtures"]
 
 MakeWorkOS = Callable[..., WorkOS]
 
@@ -41,11 +40,11 @@ def outbox_with_dead_letter(
     path = tmp_path / "outbox.db"
     server.reject_actions["tweet.delete"] = (422, "Target tweet_9 does not exist")
     workos = make_workos(outbox=path)
-    workos.create_event(event(1)).result(timeout=5)
-    workos.create_event(event(9, action="tweet.delete", action_type="D")).exception(timeout=5)
+    workos.create_event(make_event(1)).result(timeout=5)
+    workos.create_event(make_event(9, action="tweet.delete", action_type="D", target_id="tweet_9")).exception(timeout=5)
     server.hang_all = True
-    workos.create_event(event(2))
-    workos.create_event(event(3))
+    workos.create_event(make_event(2))
+    workos.create_event(make_event(3))
     workos.shutdown(0.2)
     server.hang_all = False
     return path

@@ -10,27 +10,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.events import make_event
 
 from audit_instrument import AuditEvent, audit, audit_actor, configure, emit
 from audit_instrument.senders import JsonlSender, LoggingSender, MemorySender, read_jsonl
 
 
-def event(n: int = 0) -> AuditEvent:
-    return AuditEvent(
-        group="organization_1",
-        action="user.login",
-        action_type="C",
-        actor_name="user@email.com",
-        actor_id=f"user_{n}",
-        target_name="user@email.com",
-        target_id="user_1",
-        user_agent="ua",
-    )
-
-
 def test_jsonl_file_is_private_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    sent = [event(1), event(2)]
+    sent = [make_event(1), make_event(2)]
     with JsonlSender(path) as sender:
         configure(sender)
         for one in sent:
@@ -38,7 +26,7 @@ def test_jsonl_file_is_private_and_round_trips(tmp_path: Path) -> None:
         assert read_jsonl(path) == sent  # flushed per event, readable while open
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with JsonlSender(path) as sender:  # appends
-        sender.send(event(3))
+        sender.send(make_event(3))
     assert len(read_jsonl(path)) == 3
 
 
@@ -77,7 +65,7 @@ def test_jsonl_concurrent_writers_yield_one_valid_line_per_event(tmp_path: Path)
 
 def test_logging_sender_writes_one_json_line(caplog: pytest.LogCaptureFixture) -> None:
     configure(LoggingSender("myapp.audit"))
-    sent = event(7)
+    sent = make_event(7)
     with caplog.at_level(logging.INFO, logger="myapp.audit"):
         emit(sent)
     (record,) = [r for r in caplog.records if r.name == "myapp.audit"]
@@ -88,14 +76,14 @@ def test_logging_sender_writes_one_json_line(caplog: pytest.LogCaptureFixture) -
 def test_logging_sender_is_silent_when_disabled(caplog: pytest.LogCaptureFixture) -> None:
     configure(LoggingSender("quiet.audit", level=logging.DEBUG))
     with caplog.at_level(logging.INFO, logger="quiet.audit"):
-        emit(event())
+        emit(make_event(action="user.login", action_type="C"))
     assert not [r for r in caplog.records if r.name == "quiet.audit"]
 
 
 def test_memory_sender_keeps_order() -> None:
     memory = MemorySender()
     configure(memory)
-    sent = [event(n) for n in range(5)]
+    sent = [make_event(n) for n in range(5)]
     for one in sent:
         emit(one)
     assert list(memory) == sent and memory[0] is sent[0] and len(memory) == 5

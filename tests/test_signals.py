@@ -6,22 +6,11 @@ import gc
 import logging
 
 import pytest
+from support.events import make_event
 
 from audit_instrument import AuditEvent, configure, emit, signals
 from audit_instrument.senders import MemorySender
 from audit_instrument.testing import capture_events
-
-
-def event() -> AuditEvent:
-    return AuditEvent(
-        group="organization_1",
-        action="user.login",
-        action_type="C",
-        actor_name="user@email.com",
-        actor_id="user_1",
-        target_name="user@email.com",
-        target_id="user_1",
-    )
 
 
 def test_a_raising_receiver_does_not_block_the_others(caplog: pytest.LogCaptureFixture) -> None:
@@ -32,8 +21,8 @@ def test_a_raising_receiver_does_not_block_the_others(caplog: pytest.LogCaptureF
 
     configure(first, broken, last)
     with caplog.at_level(logging.ERROR, logger="audit_instrument"):
-        emit(event())
-        emit(event())
+        emit(make_event(action="user.login", action_type="C"))
+        emit(make_event(action="user.login", action_type="C"))
     assert len(first) == 2 and len(last) == 2
     failures = [r for r in caplog.records if "of event-emitted failed" in r.getMessage()]
     assert len(failures) == 2 and all(r.exc_info for r in failures)
@@ -45,7 +34,7 @@ def test_configure_replaces_senders_and_holds_them_strongly() -> None:
     configure(new)
     del new
     gc.collect()
-    emit(event())
+    emit(make_event(action="user.login", action_type="C"))
     assert len(old) == 0
     assert len(configure.__globals__["settings"].senders[0]) == 1
 
@@ -68,10 +57,10 @@ def test_direct_receivers_weak_and_strong_and_sender_specific() -> None:
     listener = Listener()
     signals.event_emitted.connect(strong, weak=False)
     signals.event_emitted.connect(listener)
-    emit(event())
+    emit(make_event(action="user.login", action_type="C"))
     del listener
     gc.collect()
-    emit(event())
+    emit(make_event(action="user.login", action_type="C"))
     assert got == ["strong", "weak", "strong"]
 
     invalid: list[object] = []
@@ -87,10 +76,10 @@ def test_emit_takes_events_only_and_capture_sees_them() -> None:
     with pytest.raises(TypeError, match="AuditEvent"):
         emit({"action": "user.login"})  # type: ignore[arg-type]
     with capture_events() as events:
-        emit(event())
+        emit(make_event(action="user.login", action_type="C"))
     assert events.actions == ["user.login"]
 
 
 def test_pytest_fixture_is_registered(audit_events: object) -> None:
-    emit(event())
+    emit(make_event(action="user.login", action_type="C"))
     assert audit_events.actions == ["user.login"]  # type: ignore[attr-defined]

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _audit_store import T0, fill, make_event, raw, swap_rows
-from conftest import wait_child
+from support.events import T0, make_event
+from support.store import fill, raw, swap_rows
+from support.waiting import wait_child
 
 from audit_instrument import (
     AuditConfigError,
@@ -204,7 +205,7 @@ def test_close_while_threads_send_loses_nothing_it_acknowledged(db: Path) -> Non
     for worker in workers:
         worker.start()
     started.wait()
-    from conftest import wait_for
+    from support.waiting import wait_for
 
     wait_for(lambda: len(stored) >= 100)
     store.close()
@@ -222,7 +223,7 @@ _WRITER = """
 import sys
 from audit_instrument.store import AuditStore
 sys.path.insert(0, sys.argv[3])
-from _audit_store import make_event
+from support.events import make_event
 store = AuditStore(sys.argv[1])
 offset = int(sys.argv[2])
 for i in range(int(sys.argv[4]) if len(sys.argv) > 4 else 200):

@@ -9,14 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from _workos_helpers import (
-    API_KEY,
-    FAST,
-    TWEET_UPDATE,
-    USER_LOGIN,
-    event,
-)
-from workos_server import Fault, WorkOSServer
+from support.events import TWEET_UPDATE, USER_LOGIN, make_event
+from support.workos import API_KEY, FAST
+from support.workos_server import Fault, WorkOSServer
 
 from audit_instrument import (
     AuditConfigError,
@@ -30,8 +25,6 @@ from audit_instrument.context import audit_actor, current_context
 from audit_instrument.event import AuditEvent
 from audit_instrument.senders.memory import MemorySender
 from audit_instrument.senders.workos import WorkOS
-
-pytest_plugins = ["_workos_fixtures"]
 
 MakeWorkOS = Callable[..., WorkOS]
 
@@ -121,7 +114,9 @@ def test_plain_http_is_refused_unless_loopback(url: str) -> None:
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9",
                                  "https://api.workos.com"])
 def test_https_and_loopback_are_accepted(url: str) -> None:
-    WorkOS(API_KEY, base_url=url).shutdown(0)
+    workos = WorkOS(API_KEY, base_url=url)
+    assert workos.base_url == url
+    assert workos.shutdown(0) == 0  # nothing was queued
 
 
 def test_bad_event_raises_in_the_caller_and_sends_nothing(
@@ -169,7 +164,7 @@ def test_configure_connects_send_and_signals_report_delivery(
     delivered: list[AuditEvent] = []
     signals.event_delivered.connect(lambda e, **kw: delivered.append(e), weak=False)
     configure(workos)
-    sent = [event(n) for n in range(5)]
+    sent = [make_event(n) for n in range(5)]
     for item in sent:
         emit(item)
     assert workos.flush(5) == 0
@@ -182,7 +177,7 @@ def test_send_never_raises_even_after_shutdown(make_workos: MakeWorkOS) -> None:
     workos.shutdown(1)
     dropped: list[str] = []
     signals.event_dropped.connect(lambda e, **kw: dropped.append(kw["reason"]), weak=False)
-    handle = workos.send(event())
+    handle = workos.send(make_event())
     assert handle is not None and isinstance(handle.exception(0), DeliveryError)
     assert dropped == ["shut down"]
 
@@ -196,9 +191,9 @@ def test_delivery_runs_outside_the_callers_audit_context(
     configure(workos, memory)
     seen: list[object] = []
     with audit_actor(id="user_1", name="user@email.com", group="org_1"):
-        handle = workos.create_event(event())
+        handle = workos.create_event(make_event())
         handle.add_done_callback(lambda h: seen.append(current_context().actor_id))
-        emit(event(1))
+        emit(make_event(1))
     assert workos.flush(5) == 0
     assert seen == [None]
     assert len(memory) == 1  # only the event emitted above; delivery emitted none
@@ -216,10 +211,10 @@ def test_api_key_never_in_reprs_errors_or_logs(
                     transport=httpx.HTTPTransport() if transport else None)
     try:
         server.script(503, Fault.reset())  # a retry, then a dropped connection
-        ok = workos.create_event(event(1))
+        ok = workos.create_event(make_event(1))
         ok.exception(timeout=5)
         server.api_key = "sk_other"
-        bad = workos.create_event(event(2))
+        bad = workos.create_event(make_event(2))
         error = bad.exception(timeout=5)
         texts = [repr(workos), str(workos), repr(workos.engine), repr(ok), repr(bad),
                  str(error), repr(error), caplog.text, repr(vars(workos))]

@@ -1,34 +1,15 @@
-"""Helpers for the audit store and CLI tests: build events, fill a store, tamper with it."""
+"""Helpers for the audit store and CLI tests: fill a store, tamper with it behind its back."""
 
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from audit_instrument import AuditEvent
 from audit_instrument.store import AuditStore
 
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-
-
-def make_event(i: int, **fields: Any) -> AuditEvent:
-    """Event number ``i``: one minute after the previous, actors/targets/groups cycling."""
-    values: dict[str, Any] = {
-        "group": f"organization_{i % 2 + 1}",
-        "action": ("tweet.create", "tweet.update", "tweet.delete")[i % 3],
-        "action_type": "CUD"[i % 3],
-        "actor_name": f"user{i % 4}@example.com",
-        "actor_id": f"user_{i % 4}",
-        "target_name": f"user{i % 4}@example.com",
-        "target_id": f"tweet_{i % 5}",
-        "location": "203.0.113.5",
-        "occurred_at": T0 + timedelta(minutes=i),
-        "metadata": {"n": i},
-    }
-    values.update(fields)
-    return AuditEvent(**values)
+from .events import make_event
 
 
 def fill(path: Path, n: int) -> list[AuditEvent]:

@@ -1,4 +1,4 @@
-"""Helpers shared by the WorkOS, delivery and outbox tests (fixtures: _workos_fixtures)."""
+"""The fake WorkOS server as a process, the test API key and a fast retry policy."""
 
 from __future__ import annotations
 
@@ -10,32 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from audit_instrument.delivery import RetryPolicy
-from audit_instrument.event import AuditEvent
 
 SERVER_SCRIPT = Path(__file__).with_name("workos_server.py")
 API_KEY = "sk_test"
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, deadline=30.0)
 
-TWEET_UPDATE: dict[str, Any] = {
-    "group": "user_1", "action": "tweet.update", "action_type": "U",
-    "actor_name": "user@email.com", "actor_id": "user_1",
-    "target_name": "user@email.com", "target_id": "tweet_5", "location": "",
-    "occurred_at": "2019-05-01T01:15:55.619355Z",
-    "metadata": {"body_was": "What time is the event", "body": "What time is the event?"},
-}
-USER_LOGIN: dict[str, Any] = {
-    "group": "foo-corp.com", "action": "user.login", "action_type": "C",
-    "actor_name": "user@email.com", "actor_id": "user_1",
-    "target_name": "user@email.com", "target_id": "user_1", "location": "1.1.1.1",
-    "occurred_at": "2019-05-01T01:15:55.619355Z", "metadata": {},
-}
-
-
-def event(number: int = 0, **overrides: Any) -> AuditEvent:
-    """A valid event, distinct per ``number``."""
-    fields = {**TWEET_UPDATE, "target_id": f"tweet_{number}", "occurred_at": None}
-    fields.update(overrides)
-    return AuditEvent.from_dict({k: v for k, v in fields.items() if v is not None})
 
 
 class ServerProcess:

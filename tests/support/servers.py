@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
-from conftest import wait_for
 from werkzeug.serving import make_server
+
+from .waiting import wait_for
 
 
 @contextmanager

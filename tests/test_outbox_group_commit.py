@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from _workos_helpers import event
-from conftest import wait_for
+from support.events import make_event
+from support.waiting import wait_for
 
 from audit_instrument import DeliveryError
 from audit_instrument.delivery import Outbox
@@ -22,10 +22,10 @@ def _keys(path: Path) -> list[tuple[str, int | None]]:
 def test_add_many_commits_every_event_before_returning(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     with Outbox(path) as box:
-        events = [event(n) for n in range(700)]  # more than one INSERT statement's worth
+        events = [make_event(n) for n in range(700)]  # more than one INSERT statement's worth
         box.add_many(events)
         assert _keys(path) == [(e.idempotency_key, None) for e in events]  # another connection
-        owned = [event(n) for n in range(700, 703)]
+        owned = [make_event(n) for n in range(700, 703)]
         box.add_many(iter(owned), owned=True)
         assert [pid for _, pid in _keys(path)[700:]] == [box._pid] * 3
         box.add_many([])
@@ -37,9 +37,9 @@ def test_add_many_after_close_raises_and_writes_nothing(tmp_path: Path) -> None:
     box = Outbox(path)
     box.close()
     with pytest.raises(DeliveryError, match="closed"):
-        box.add_many([event(1), event(2)])
+        box.add_many([make_event(1), make_event(2)])
     with pytest.raises(DeliveryError, match="closed"):
-        box.add(event(3))
+        box.add(make_event(3))
     assert _keys(path) == []
 
 
@@ -53,7 +53,7 @@ def test_a_failed_commit_reaches_every_caller_and_the_outbox_recovers(tmp_path: 
 
     def write(n: int) -> None:
         try:
-            box.add(event(n))
+            box.add(make_event(n))
             returned.append(n)
         except DeliveryError as exc:
             errors.append(exc)
@@ -68,8 +68,8 @@ def test_a_failed_commit_reaches_every_caller_and_the_outbox_recovers(tmp_path: 
     assert all("write failed" in str(exc) and exc.retryable for exc in errors)
     blocker.execute("ROLLBACK")
     blocker.close()
-    box.add(event(100))  # neither the caller's nor the writer's role is stuck
-    box.add_many([event(101), event(102)])
+    box.add(make_event(100))  # neither the caller's nor the writer's role is stuck
+    box.add_many([make_event(101), make_event(102)])
     assert box.sync(5)
     assert box.status().pending == 3
     box.close()
@@ -86,7 +86,7 @@ def test_close_with_writes_in_flight_keeps_every_returned_write(tmp_path: Path) 
         n = 0
         while not stop.is_set():
             try:
-                box.add(event(slot * 100_000 + n))
+                box.add(make_event(slot * 100_000 + n))
             except DeliveryError as exc:
                 refused.append(exc)
                 return
@@ -111,12 +111,12 @@ def test_close_with_writes_in_flight_keeps_every_returned_write(tmp_path: Path) 
 def test_outcomes_and_adds_from_many_threads_all_commit(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     with Outbox(path, synchronous="NORMAL") as box:
-        first = [event(n) for n in range(200)]
+        first = [make_event(n) for n in range(200)]
         box.add_many(first)
 
         def mixed(slot: int) -> None:
             for n in range(50):
-                box.add(event(1000 + slot * 50 + n))
+                box.add(make_event(1000 + slot * 50 + n))
                 box.delivered(first[slot * 25 + n % 25].idempotency_key)
 
         threads = [threading.Thread(target=mixed, args=(slot,)) for slot in range(8)]
