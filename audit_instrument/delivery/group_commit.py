@@ -1,0 +1,223 @@
+"""Group commit: many threads hand over writes, one transaction commits them together.
+
+The durable outbox and the audit store both write one small row per event
+from many threads, and a transaction's cost is mostly its flush to disk.
+:class:`GroupCommit` lets every caller that arrives while a transaction is
+being committed share the next one:
+
+* A caller that wants to wait (``submit(..., wait=True)``) becomes the
+  committer if nobody is committing: it takes everything queued, calls
+  ``write(batch)`` outside the lock, and wakes the others. Callers that
+  arrived meanwhile are committed by the next committer — one of them.
+* A caller that does not wait (``wait=False``) returns at once; a flusher
+  thread commits what is queued within ``max_delay`` seconds (sooner when a
+  waiting caller commits first).
+* **One bad write never costs another.** When ``write`` raises for a batch
+  of several submissions, each submission is written again on its own, so
+  only the one that fails gets the error. ``write`` must leave nothing behind
+  when it raises (roll back).
+
+>>> commits = GroupCommit(lambda batch: print(len(batch)), name="demo")
+>>> commits.submit(["a", "b"])
+2
+>>> commits.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from ..errors import AuditError
+
+__all__ = ["CommitTimeoutError", "GroupCommit"]
+
+logger = logging.getLogger("audit_instrument")
+
+T = TypeVar("T")
+
+
+class CommitTimeoutError(AuditError):
+    """A waiting caller's write was not committed within its timeout (it may still be)."""
+
+
+class _Submission(Generic[T]):
+    """One caller's items: written together, in one transaction, or not at all."""
+
+    __slots__ = ("done", "error", "items", "waited")
+
+    def __init__(self, items: Sequence[T], waited: bool) -> None:
+        self.items = items
+        self.waited = waited
+        self.done = False
+        self.error: Exception | None = None
+
+
+class GroupCommit(Generic[T]):
+    """Commit the items of many callers in shared transactions.
+
+    ``write(items)`` writes a list of items in one transaction, or raises and
+    keeps none of them. ``on_error(items, error)`` hears about submissions
+    that failed when nobody waited for them (``wait=False``). ``max_delay``
+    bounds how long such a submission waits for its commit.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[T]], None],
+        *,
+        name: str,
+        max_delay: float = 0.005,
+        on_error: Callable[[Sequence[T], Exception], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._name = name
+        self.max_delay = max_delay
+        self._on_error = on_error
+        self._setup()
+
+    def _setup(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Submission[T]] = []
+        self._writing = False
+        self._closed = False
+        self._flusher: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh lock and queue; the parent's queued writes stay the parent's."""
+        self._setup()
+
+    def submit(
+        self, items: Sequence[T], *, wait: bool = True, timeout: float | None = None
+    ) -> None:
+        """Queue ``items`` to be committed together.
+
+        With ``wait`` return once they are committed, raising the error of a
+        failed write (:class:`CommitTimeoutError` after ``timeout`` seconds);
+        without, return at once. Raises :class:`~audit_instrument.AuditError`
+        once closed.
+        """
+        if self._pid != os.getpid():
+            self._setup()
+        submission = _Submission(items, wait)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._closed:
+                raise AuditError(f"{self._name} is closed")
+            self._queue.append(submission)
+            if not wait:
+                self._start_flusher()
+                return
+            while not submission.done:
+                if not self._writing:
+                    self._commit_queued()
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CommitTimeoutError(f"{self._name}: commit did not finish within {timeout}s")
+                self._cond.wait(left)
+        if submission.error is not None:
+            raise submission.error
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Commit everything queued so far; ``False`` if ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._writing:
+                if not self._writing:
+                    self._commit_queued()
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Commit what is queued, then refuse new submissions; ``False`` if time ran out."""
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout)
+        return flushed
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a commit (not counting the one being written)."""
+        return sum(len(s.items) for s in self._queue)
+
+    # -- the committer (called with the lock held) ------------------------------------------
+    def _commit_queued(self) -> None:
+        batch, self._queue = self._queue, []
+        self._writing = True
+        self._cond.release()
+        try:
+            self._write_batch(batch)
+        finally:
+            self._cond.acquire()
+            self._writing = False
+            for submission in batch:
+                submission.done = True
+            self._cond.notify_all()
+
+    def _write_batch(self, batch: list[_Submission[T]]) -> None:
+        try:
+            self._write([item for submission in batch for item in submission.items])
+            return
+        except Exception as error:
+            if len(batch) == 1:
+                self._failed(batch[0], error)
+                return
+        # One submission spoiled the shared write: each goes alone, so only it fails.
+        for submission in batch:
+            try:
+                self._write(list(submission.items))
+            except Exception as error:
+                self._failed(submission, error)
+
+    def _failed(self, submission: _Submission[T], error: Exception) -> None:
+        submission.error = error
+        if not submission.waited and self._on_error is not None:
+            try:
+                self._on_error(submission.items, error)
+            except Exception:
+                logger.exception("audit_instrument: %s: error handler failed", self._name)
+
+    # -- the flusher thread, for submissions nobody waits for --------------------------------
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"audit-instrument-{self._name}", daemon=True
+            )
+            self._flusher.start()
+        else:
+            self._cond.notify_all()
+
+    def _flush_loop(self) -> None:
+        with self._cond:
+            while True:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:  # closed and drained
+                    self._flusher = None
+                    return
+                # Let more writes gather for up to max_delay (a waiting caller may
+                # commit them first), then commit whatever is still queued.
+                deadline = time.monotonic() + self.max_delay
+                while self._queue and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                while self._writing:
+                    self._cond.wait()
+                if self._queue:
+                    self._commit_queued()

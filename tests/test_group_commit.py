@@ -1,0 +1,85 @@
+"""GroupCommit: shared transactions, one bad submission never costs another, no-wait mode."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+from support.waiting import wait_for
+
+from audit_instrument import AuditError
+from audit_instrument.delivery.group_commit import GroupCommit
+
+
+class Table:
+    """A stand-in for a database table: all of a write is kept, or none of it."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.writes: list[int] = []
+        self.lock = threading.Lock()
+
+    def write(self, items: list[str]) -> None:
+        if any(item.startswith("poison") for item in items):
+            raise ValueError("cannot encode")
+        with self.lock:
+            self.rows.extend(items)
+            self.writes.append(len(items))
+
+
+def test_threads_share_writes_and_a_poison_submission_fails_alone() -> None:
+    table = Table()
+    commits = GroupCommit(table.write, name="test")
+    refused: list[str] = []
+
+    def writer(slot: int) -> None:
+        for n in range(200):
+            item = "poison" if n % 20 == 0 else f"{slot}-{n}"
+            try:
+                commits.submit([item])
+            except ValueError:
+                refused.append(item)
+
+    threads = [threading.Thread(target=writer, args=(slot,)) for slot in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(refused) == 16 * 10 and set(refused) == {"poison"}
+    assert sorted(table.rows) == sorted(f"{s}-{n}" for s in range(16) for n in range(200) if n % 20)
+    commits.close()
+
+
+def test_a_submission_is_all_or_nothing() -> None:
+    table = Table()
+    commits = GroupCommit(table.write, name="test")
+    with pytest.raises(ValueError):
+        commits.submit(["a", "poison-b"])
+    commits.submit(["c", "d"])
+    assert table.rows == ["c", "d"]
+
+
+def test_unwaited_submissions_are_committed_soon_and_failures_reported() -> None:
+    table = Table()
+    failed: list[tuple[Sequence[str], Exception]] = []
+    commits = GroupCommit(table.write, name="test", max_delay=0.002,
+                          on_error=lambda items, error: failed.append((items, error)))
+    for n in range(500):
+        commits.submit([f"e{n}"], wait=False)
+    wait_for(lambda: len(table.rows) == 500)
+    assert len(table.writes) < 500  # shared transactions, not one per submission
+    commits.submit(["poison"], wait=False)
+    wait_for(lambda: failed)
+    assert failed[0][0] == ["poison"] and isinstance(failed[0][1], ValueError)
+    commits.close()
+
+
+def test_close_commits_what_is_queued_then_refuses() -> None:
+    table = Table()
+    commits = GroupCommit(table.write, name="test", max_delay=60.0)
+    commits.submit(["a"], wait=False)
+    assert commits.close(timeout=5)
+    assert table.rows == ["a"]
+    with pytest.raises(AuditError, match="closed"):
+        commits.submit(["b"])
