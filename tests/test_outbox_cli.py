@@ -41,7 +41,8 @@ def outbox_with_dead_letter(
     server.reject_actions["tweet.delete"] = (422, "Target tweet_9 does not exist")
     workos = make_workos(outbox=path)
     workos.create_event(make_event(1)).result(timeout=5)
-    workos.create_event(make_event(9, action="tweet.delete", action_type="D", target_id="tweet_9")).exception(timeout=5)
+    rejected = make_event(9, action="tweet.delete", action_type="D", target_id="tweet_9")
+    workos.create_event(rejected).exception(timeout=5)
     server.hang_all = True
     workos.create_event(make_event(2))
     workos.create_event(make_event(3))

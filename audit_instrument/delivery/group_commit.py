@@ -119,7 +119,9 @@ class GroupCommit(Generic[T]):
                     continue
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise CommitTimeoutError(f"{self._name}: commit did not finish within {timeout}s")
+                    raise CommitTimeoutError(
+                        f"{self._name}: commit did not finish within {timeout}s"
+                    )
                 self._cond.wait(left)
         if submission.error is not None:
             raise submission.error
