@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import signals
+from ._stats import SenderStats, Stats, stats
 from .config import DEFAULT_MASK, Sender, configure, settings
 from .context import AuditContext, audit_actor, audit_context, bind_context, current_context
 from .errors import AuditConfigError, AuditError, AuditValidationError, DeliveryError
@@ -56,6 +57,8 @@ __all__ = [
     "ContextThreadPoolExecutor",
     "DeliveryError",
     "Sender",
+    "SenderStats",
+    "Stats",
     "WorkOS",
     "__version__",
     "audit",
@@ -68,4 +71,5 @@ __all__ = [
     "run_in_executor",
     "settings",
     "signals",
+    "stats",
 ]

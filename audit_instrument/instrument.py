@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 
 import wrapt
 
+from . import _stats as stats
 from . import signals
 from ._resolve import RESULT, Binder, ResolverFn, make_resolver, single_parameter
 from .config import MASKED, settings
@@ -329,7 +330,8 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
                 return
             _report(self.action, error)
             return
-        signals.dispatch(_receivers, event)
+        stats.count_built()
+        signals.emit(event)
 
     async def __aenter__(self) -> AuditBuilder:
         return self.__enter__()
@@ -459,14 +461,8 @@ class _Plan:
                     return
                 _report(action, error)
                 return
-            receivers = _receivers._cache
-            if receivers is None or _receivers._weak:
-                receivers = _receivers.live_receivers(event)
-            for receiver in receivers:  # signals.dispatch, inlined: this is the hot path
-                try:
-                    receiver(event)
-                except Exception:
-                    signals.log_receiver_failure(receiver, _receivers)
+            stats.count_built()
+            signals.emit(event)
 
         def begin(
             instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -1,10 +1,15 @@
-"""The blinker signals events travel on, and a dispatch that isolates receivers.
+"""The blinker signals events travel on, and the one dispatch path that isolates receivers.
 
-Every finished event is sent on :data:`event_emitted` with the event as the
-sender; senders (WorkOS, the local store, files, test capture) are receivers.
-Delivery engines report on :data:`event_delivered`, :data:`event_failed` and
-:data:`event_dropped`; events that could not be built are reported on
-:data:`event_invalid`.
+Events flow out on :data:`event_emitted`: every finished event is sent with
+the event as the sender, and senders (WorkOS, the local store, files, test
+capture) are its receivers.
+
+What became of an event flows back on the **return path**, sent by senders
+and delivery engines with the event as sender and ``destination=`` the
+sender object: :data:`event_delivered`, :data:`event_failed` (``error=``)
+and :data:`event_dropped` (``reason=``). Events that could not be built at
+all are reported on :data:`event_invalid` (the action as sender,
+``error=``). Every outcome is also counted in :func:`~audit_instrument.stats`.
 
 >>> from audit_instrument import signals
 >>> @signals.event_emitted.connect
@@ -12,22 +17,19 @@ Delivery engines report on :data:`event_delivered`, :data:`event_failed` and
 ...     print(event.action)
 
 Unlike ``Signal.send``, :func:`dispatch` calls every receiver even when one
-raises: the failure is logged on the ``audit_instrument`` logger.
+raises: the failure is counted and logged once per cause.
 """
 
 from __future__ import annotations
 
-import logging
-import weakref
 from typing import Any
 
-from blinker import ANY, NamedSignal, Namespace, Signal
-from blinker.base import ANY_ID as _ANY_ID
+from blinker import NamedSignal, Namespace
 
+from . import _stats as stats
 from .event import AuditEvent
 
 __all__ = [
-    "AuditSignal",
     "dispatch",
     "emit",
     "event_delivered",
@@ -36,116 +38,56 @@ __all__ = [
     "event_failed",
     "event_invalid",
     "namespace",
+    "report_delivered",
+    "report_dropped",
+    "report_failed",
 ]
 
-logger = logging.getLogger("audit_instrument")
+namespace = Namespace()
 
-
-class AuditSignal(NamedSignal):
-    """A blinker signal that remembers its receivers between sends.
-
-    ``Signal.receivers_for`` rebuilds a set of receiver ids on every send;
-    events are sent far more often than receivers change, so this keeps the
-    connected receivers in a tuple, dropped on every connect/disconnect.
-    """
-
-    _cache: tuple[Any, ...] | None = None
-    _weak = False
-
-    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = True) -> Any:
-        self._cache = None
-        return super().connect(receiver, sender, weak)
-
-    def disconnect(self, receiver: Any, sender: Any = ANY) -> None:
-        self._cache = None
-        super().disconnect(receiver, sender)
-
-    def _clear_state(self) -> None:
-        self._cache = None
-        super()._clear_state()
-
-    def live_receivers(self, sender: Any) -> tuple[Any, ...]:
-        """The receivers for ``sender``, in the order they were connected."""
-        cache = self._cache
-        if cache is None:
-            if any(key != _ANY_ID and ids for key, ids in self._by_sender.items()):
-                # receivers bound to one sender: blinker's own (slower) lookup
-                return tuple(self.receivers_for(sender))
-            any_ids = self._by_sender.get(_ANY_ID, ())
-            cache = tuple(v for k, v in self.receivers.items() if k in any_ids)
-            self._weak = any(isinstance(r, weakref.ref) for r in cache)
-            self._cache = cache
-        if not self._weak:
-            return cache
-        live = []
-        for receiver in cache:
-            if isinstance(receiver, weakref.ref):
-                receiver = receiver()
-                if receiver is None:  # collected: blinker disconnects it; rebuild next time
-                    self._cache = None
-                    continue
-            live.append(receiver)
-        return tuple(live)
-
-
-class _AuditNamespace(Namespace):
-    def signal(self, name: str, doc: str | None = None) -> AuditSignal:
-        if name not in self:
-            self[name] = AuditSignal(name, doc)
-        return self[name]  # type: ignore[return-value]
-
-
-namespace = _AuditNamespace()
-
-event_emitted: AuditSignal = namespace.signal(
+event_emitted: NamedSignal = namespace.signal(
     "event-emitted", doc="Sent with each finished event as sender; senders listen here."
 )
-event_delivered: AuditSignal = namespace.signal(
-    "event-delivered", doc="An event was accepted by its destination. kwargs: destination."
+event_delivered: NamedSignal = namespace.signal(
+    "event-delivered",
+    doc="Return path: an event was accepted by its destination. kwargs: destination.",
 )
-event_failed: AuditSignal = namespace.signal(
+event_failed: NamedSignal = namespace.signal(
     "event-failed",
-    doc="An event could not be delivered and was given up. kwargs: destination, error.",
+    doc="Return path: an event could not be delivered and was given up. "
+    "kwargs: destination, error.",
 )
-event_dropped: AuditSignal = namespace.signal(
+event_dropped: NamedSignal = namespace.signal(
     "event-dropped",
-    doc="An event was dropped before delivery (queue full, shut down). "
+    doc="Return path: an event was dropped before delivery (queue full, shut down). "
     "kwargs: destination, reason.",
 )
-event_invalid: AuditSignal = namespace.signal(
+event_invalid: NamedSignal = namespace.signal(
     "event-invalid",
     doc="An instrumented call could not build its event. Sender: the action; kwargs: error.",
 )
 
 
-def dispatch(signal: Signal, sender: Any, **kwargs: Any) -> int:
-    """Send ``signal`` to each receiver, logging (not raising) receiver errors.
+def dispatch(signal: NamedSignal, sender: Any, **kwargs: Any) -> int:
+    """Call each receiver of ``signal`` for ``sender``; return how many raised.
 
-    Returns how many receivers failed.
+    A receiver that raises does not stop the others: the failure is counted
+    in :func:`~audit_instrument.stats` and logged once per receiver.
     """
+    if not signal.receivers:
+        return 0
     failures = 0
-    if type(signal) is AuditSignal:
-        receivers = signal._cache
-        if receivers is None or signal._weak:
-            receivers = signal.live_receivers(sender)
-    else:
-        receivers = tuple(signal.receivers_for(sender))
-    for receiver in receivers:
+    for receiver in signal.receivers_for(sender):
         try:
             receiver(sender, **kwargs)
-        except Exception:
+        except Exception as error:
             failures += 1
-            log_receiver_failure(receiver, signal)
+            stats.note_failure(
+                f"receiver {receiver!r} of {signal.name}",
+                f"receiver {receiver!r} of {signal.name} failed: {type(error).__name__}",
+                error=error,
+            )
     return failures
-
-
-def log_receiver_failure(receiver: Any, signal: Signal) -> None:
-    """Log the exception being handled, raised by ``receiver`` of ``signal``."""
-    logger.exception(
-        "audit_instrument: receiver %r of %s failed",
-        receiver,
-        getattr(signal, "name", signal),
-    )
 
 
 def emit(event: AuditEvent) -> None:
@@ -158,5 +100,24 @@ def emit(event: AuditEvent) -> None:
     """
     if not isinstance(event, AuditEvent):
         raise TypeError(f"emit() takes an AuditEvent, not {type(event).__name__}")
-    if event_emitted.receivers:
-        dispatch(event_emitted, event)
+    stats.count_emitted()
+    dispatch(event_emitted, event)
+
+
+# -- the return path: what senders and engines report ------------------------------------------
+def report_delivered(event: AuditEvent, destination: object) -> None:
+    """``destination`` accepted (or stored) ``event``: count it and tell :data:`event_delivered`."""
+    stats.count_delivered(destination)
+    dispatch(event_delivered, event, destination=destination)
+
+
+def report_failed(event: AuditEvent, destination: object, error: Exception) -> None:
+    """``destination`` gave up on ``event``: count it and tell :data:`event_failed`."""
+    stats.count_failed(destination)
+    dispatch(event_failed, event, destination=destination, error=error)
+
+
+def report_dropped(event: AuditEvent, destination: object, reason: str) -> None:
+    """``destination`` dropped ``event`` before delivery: count it, tell :data:`event_dropped`."""
+    stats.count_dropped(destination)
+    dispatch(event_dropped, event, destination=destination, reason=reason)

@@ -467,8 +467,8 @@ class AuditStore:
                     cond.notify_all()
         if item.error is not None:
             self._failed(item)
-        if item.seq is not None and signals.event_delivered.receivers:
-            signals.dispatch(signals.event_delivered, event, destination=self)
+        if item.seq is not None:
+            signals.report_delivered(event, self)
         return item.seq
 
     def _failed(self, item: _Pending) -> NoReturn:
@@ -479,7 +479,7 @@ class AuditStore:
             f"{self.path}: could not store event {item.event.action!r} ({error})",
             retryable=isinstance(error, sqlite3.OperationalError),
         )
-        signals.dispatch(signals.event_failed, item.event, destination=self, error=failure)
+        signals.report_failed(item.event, self, failure)
         raise failure from error
 
     def _write(self, batch: Sequence[_Pending]) -> None:

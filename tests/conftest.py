@@ -13,7 +13,7 @@ import pytest
 from support.workos import API_KEY, FAST, ServerProcess
 from support.workos_server import WorkOSServer
 
-from audit_instrument import config, signals
+from audit_instrument import _stats, config, signals
 from audit_instrument.context import _EMPTY, _current
 from audit_instrument.senders.workos import WorkOS
 
@@ -22,6 +22,7 @@ from audit_instrument.senders.workos import WorkOS
 def _clean_audit_state() -> Iterator[None]:
     """Reset senders, settings and the audit context around each test."""
     config.reset()
+    _stats._reset()
     token = _current.set(_EMPTY)
     try:
         yield

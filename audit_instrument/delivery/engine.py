@@ -625,8 +625,7 @@ class DeliveryEngine:
             self._changed.notify_all()
         if item.handle is not None:
             item.handle._settle(None)
-        if signals.event_delivered.receivers:
-            signals.dispatch(signals.event_delivered, item.event, destination=self.destination)
+        signals.report_delivered(item.event, self.destination)
 
     def _finish_failed(self, item: _Item, error: DeliveryError, *, dead: bool) -> None:
         if self.outbox is not None:
@@ -645,9 +644,7 @@ class DeliveryEngine:
     def _give_up(self, item: _Item, error: DeliveryError) -> None:
         if item.handle is not None:
             item.handle._settle(error)
-        if signals.event_failed.receivers:
-            signals.dispatch(signals.event_failed, item.event, destination=self.destination,
-                             error=error)
+        signals.report_failed(item.event, self.destination, error)
 
     def _abandon(self, item: _Item, reason: str) -> None:
         """An item leaves memory undelivered because the engine stops."""
@@ -664,9 +661,7 @@ class DeliveryEngine:
     def _drop(self, event: AuditEvent, handle: DeliveryHandle | None, reason: str) -> None:
         if handle is not None:
             handle._settle(DeliveryError(f"event dropped: {reason}", retryable=False))
-        if signals.event_dropped.receivers:
-            signals.dispatch(signals.event_dropped, event, destination=self.destination,
-                             reason=reason)
+        signals.report_dropped(event, self.destination, reason)
 
     def __repr__(self) -> str:
         return (f"<DeliveryEngine {self.base_url} pending={self._pending} "

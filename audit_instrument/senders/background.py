@@ -31,6 +31,7 @@ from asyncio import _get_running_loop
 from collections import deque
 from collections.abc import Callable
 
+from .. import _stats as stats
 from .. import signals
 from ..config import _send_of
 from ..errors import AuditConfigError
@@ -110,8 +111,7 @@ class BackgroundSender:
                     self._cond.notify()
         if reason:
             logger.error("audit_instrument: %r dropped event %r: %s", self, event.action, reason)
-            if signals.event_dropped.receivers:
-                signals.dispatch(signals.event_dropped, event, destination=self, reason=reason)
+            signals.report_dropped(event, self, reason)
 
     def _run(self) -> None:
         cond, queue = self._cond, self._queue
@@ -124,8 +124,12 @@ class BackgroundSender:
                 event = queue.popleft()
             try:
                 self._send(event)
-            except Exception:
-                signals.log_receiver_failure(self._send, signals.event_emitted)
+            except Exception as error:
+                stats.note_failure(
+                    f"background sender {self._send!r}",
+                    f"{self!r}: sender {self.sender!r} failed: {type(error).__name__}",
+                    error=error,
+                )
             with cond:
                 self._unfinished -= 1
                 if not self._unfinished:
