@@ -101,18 +101,13 @@ def stats() -> Stats:
 
 
 # -- counting (called by the library) ---------------------------------------------------------
-def count_built() -> None:
-    """One event was built by instrumentation."""
-    global _built
-    with _lock:
-        _built += 1
-
-
-def count_emitted() -> None:
-    """One event was handed to the senders."""
-    global _emitted
+def count_emitted(*, built: bool) -> None:
+    """One event was handed to the senders; ``built`` by instrumentation, or not."""
+    global _built, _emitted
     with _lock:
         _emitted += 1
+        if built:
+            _built += 1
 
 
 def count_invalid(cause: str) -> None:

@@ -23,7 +23,6 @@ from typing import Any, Literal, TypeVar
 
 import wrapt
 
-from . import _stats as stats
 from . import signals
 from ._resolve import RESULT, Binder, ResolverFn, make_resolver, single_parameter
 from .config import MASKED, settings
@@ -330,8 +329,7 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
                 return
             _report(self.action, error)
             return
-        stats.count_built()
-        signals.emit(event)
+        signals.emit_built(event)
 
     async def __aenter__(self) -> AuditBuilder:
         return self.__enter__()
@@ -461,8 +459,7 @@ class _Plan:
                     return
                 _report(action, error)
                 return
-            stats.count_built()
-            signals.emit(event)
+            signals.emit_built(event)
 
         def begin(
             instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
