@@ -25,22 +25,13 @@ _VAR = (_P.VAR_POSITIONAL, _P.VAR_KEYWORD)
 class Binder:
     """Maps ``(instance, args, kwargs)`` of a call to ``{parameter: value}``.
 
-    The common case (no ``*args``/``**kwargs``/positional-only parameters)
-    avoids :meth:`inspect.Signature.bind`, which costs several microseconds.
-    ``takes_instance`` is ``None`` for plain functions: wrapt tells per call
-    whether it was bound as a method.
+    Functions with only ordinary parameters are bound with ``zip`` (several
+    times cheaper than :meth:`inspect.Signature.bind`); others through the
+    signature. ``takes_instance`` is ``None`` for plain functions: wrapt
+    tells per call whether it was bound as a method.
     """
 
-    __slots__ = (
-        "bind",
-        "defaults",
-        "fill",
-        "names",
-        "open_keywords",
-        "signature",
-        "simple",
-        "takes_instance",
-    )
+    __slots__ = ("defaults", "names", "open_keywords", "signature", "simple", "takes_instance")
 
     def __init__(self, fn: Callable[..., Any], takes_instance: bool | None) -> None:
         self.signature = inspect.signature(fn)
@@ -50,33 +41,8 @@ class Binder:
         self.open_keywords = any(p.kind is _P.VAR_KEYWORD for p in params)
         self.defaults = tuple((p.name, p.default) for p in params if p.default is not _P.empty)
         self.takes_instance = takes_instance
-        self.bind: Callable[[object, tuple[Any, ...], dict[str, Any]], dict[str, Any]]
-        self.fill: Callable[[tuple[Any, ...]], dict[str, Any]] | None = None
-        """For a call with no instance or keywords and one argument per parameter:
-        ``args -> bound``, one call cheaper than :attr:`bind`. None if not simple."""
-        if self.simple and not self.defaults:
-            names = self.names
-            count = len(names)
-            shift = takes_instance is not False and bool(names)
-            fill = self.fill = _filler(names)
 
-            def bind_positional(
-                instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> dict[str, Any]:
-                if shift and instance is not None:
-                    args = (instance, *args)
-                if not kwargs and len(args) == count:
-                    return fill(args)
-                bound = dict(zip(names, args))
-                if kwargs:
-                    bound.update(kwargs)
-                return bound
-
-            self.bind = bind_positional
-        else:
-            self.bind = self._bind
-
-    def _bind(
+    def bind(
         self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults filled in."""
@@ -101,54 +67,12 @@ class Binder:
         return out
 
 
-def _filler(names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], dict[str, Any]]:
-    """``args -> dict(zip(names, args))`` for exactly ``len(names)`` arguments.
-
-    A dict display is ~4x cheaper than ``dict(zip(...))``, so the usual
-    arities get one.
-    """
-    if len(names) == 1:
-        (a,) = names
-        return lambda args: {a: args[0]}
-    if len(names) == 2:
-        a, b = names
-        return lambda args: {a: args[0], b: args[1]}
-    if len(names) == 3:
-        a, b, c = names
-        return lambda args: {a: args[0], b: args[1], c: args[2]}
-    if len(names) == 4:
-        a, b, c, d = names
-        return lambda args: {a: args[0], b: args[1], c: args[2], d: args[3]}
-    return lambda args: dict(zip(names, args))
-
-
 def _has(binder: Binder, name: str, result_allowed: bool) -> bool:
     return name in binder.names or binder.open_keywords or (result_allowed and name == RESULT)
 
 
 def _available(binder: Binder, result_allowed: bool) -> str:
     return ", ".join(binder.names + ((RESULT,) if result_allowed else ()))
-
-
-def single_parameter(spec: object, binder: Binder) -> tuple[Callable[[Any], Any], str] | None:
-    """``(spec, name)`` when ``spec`` is a callable of exactly one parameter of the
-    function, by that name: the usual ``target=lambda tweet_id: ...``, which
-    the hot path calls directly as ``spec(bound[name])``."""
-    if not callable(spec):
-        return None
-    try:
-        params = list(inspect.signature(spec).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    name = _only_parameter(params, binder)
-    return None if name is None else (spec, name)
-
-
-def _only_parameter(params: list[inspect.Parameter], binder: Binder) -> str | None:
-    if len(params) == 1 and params[0].kind is _P.POSITIONAL_OR_KEYWORD:
-        if params[0].name in binder.names:
-            return params[0].name
-    return None
 
 
 def make_resolver(label: str, spec: object, binder: Binder, *, result_allowed: bool) -> ResolverFn:
@@ -195,8 +119,8 @@ def make_resolver(label: str, spec: object, binder: Binder, *, result_allowed: b
 
             return pass_all
         return lambda bound, result: fn(**bound)
-    only = _only_parameter(params, binder)
-    if only is not None:
+    if len(params) == 1 and params[0].kind is _P.POSITIONAL_OR_KEYWORD and takes[0] in binder.names:
+        only = takes[0]  # the usual target=lambda tweet_id: ...
         return lambda bound, result: fn(bound[only])
     gives_result = wants_result and RESULT in takes
     names = tuple(n for n in takes if n != RESULT or not gives_result)

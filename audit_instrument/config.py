@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import signals
 from .context import resolve_party
+from .errors import AuditConfigError
 from .event import AuditEvent
 
 __all__ = ["DEFAULT_MASK", "Sender", "Settings", "configure", "settings"]
@@ -65,20 +67,45 @@ _connected: list[Callable[..., Any]] = []
 _UNSET: Any = object()
 
 
+def _takes_one_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return True
+    try:
+        signature.bind(object())
+    except TypeError:
+        return False
+    return True
+
+
 def _send_of(sender: object) -> Callable[..., Any] | None:
-    """What takes the events of ``sender``: its ``send``, or itself if callable; else None."""
-    if isinstance(sender, Sender):
-        return sender.send
-    return sender if callable(sender) else None
+    """What takes the events of ``sender``: its ``send``, or itself if callable; else None.
+
+    A class is not a sender (``configure(MemorySender)`` forgot the
+    parentheses), and neither is a callable that cannot take one event.
+    """
+    if isinstance(sender, type):
+        return None
+    send = sender.send if isinstance(sender, Sender) else sender
+    if callable(send) and _takes_one_argument(send):
+        return send
+    return None
 
 
 def _receiver(sender: object) -> Callable[..., Any]:
     send = _send_of(sender)
     if send is not None:
         return send
-    raise TypeError(
-        f"configure() takes senders (objects with .send(event), or callables), "
-        f"not {type(sender).__name__}"
+    if isinstance(sender, type):
+        problem = f"{sender.__name__} is a class, not a sender: did you mean {sender.__name__}()?"
+    elif callable(sender) or isinstance(sender, Sender):
+        problem = f"{sender!r} cannot be called with one event"
+    else:
+        problem = f"{sender!r} has no send(event) method and is not callable"
+    raise AuditConfigError(
+        f"configure() takes senders (objects with .send(event), or callables taking an "
+        f"event): {problem}"
     )
 
 

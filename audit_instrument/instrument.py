@@ -7,27 +7,29 @@ classmethods, staticmethods; built on :mod:`wrapt`, so signatures, names and
 
 With no receiver connected the decorator only calls the function: no
 snapshot, no event (and one warning on the ``audit_instrument`` logger).
-Failures to build an event are logged and reported on
+Failures to build an event are counted, logged once per cause and reported on
 ``signals.event_invalid``; they never break the call unless
 ``configure(strict=True)``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from types import FunctionType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import wrapt
 
+from . import _stats as stats
 from . import signals
-from ._resolve import RESULT, Binder, ResolverFn, make_resolver, single_parameter
+from ._resolve import Binder, ResolverFn, make_resolver
 from .config import MASKED, settings
-from .context import _current, resolve_party
-from .errors import AuditError, AuditValidationError
+from .context import current_scope, resolve_party
+from .errors import AuditValidationError
 from .event import (
     ActionType,
     AuditEvent,
@@ -56,21 +58,17 @@ def _warn_discarded() -> None:
         )
 
 
-def _report(action: str, error: Exception) -> None:
-    """Log a failure to build an event, tell ``event_invalid``; raise if strict."""
-    if settings.strict:
+def _report(action: str, error: Exception, *, may_raise: bool = True) -> None:
+    """An event of ``action`` could not be built: raise if strict (and ``may_raise``: not
+    while the call's own exception propagates), else count, log once per cause, signal."""
+    if settings.strict and may_raise:
         raise error
-    logger.error("audit_instrument: event %r not recorded: %s", action, error)
+    cause = (f"{error.field}: {error.rule}" if isinstance(error, AuditValidationError)
+             else type(error).__name__)
+    stats.count_invalid(cause)
+    stats.note_failure(f"invalid {action}: {cause}", f"event {action!r} not recorded: {error}",
+                       error=error)
     signals.dispatch(signals.event_invalid, action, error=error)
-
-
-def _mask(metadata: dict[str, Any]) -> dict[str, Any]:
-    for key, value in metadata.items():
-        if settings.is_masked(key):
-            metadata[key] = MASKED
-        elif isinstance(value, Mapping):
-            metadata[key] = {k: MASKED if settings.is_masked(k) else v for k, v in value.items()}
-    return metadata
 
 
 def _metadata_from(label: str, value: object) -> dict[str, MetadataValue]:
@@ -86,6 +84,30 @@ def _metadata_from(label: str, value: object) -> dict[str, MetadataValue]:
     return out
 
 
+def _mask(metadata: dict[str, Any]) -> dict[str, Any]:
+    for key, value in metadata.items():
+        if settings.is_masked(key):
+            metadata[key] = MASKED
+        elif isinstance(value, Mapping):
+            metadata[key] = {k: MASKED if settings.is_masked(k) else v for k, v in value.items()}
+    return metadata
+
+
+def _target_party(target: object) -> tuple[str, str]:
+    """A target as ``(id, name)``: a bare id (``str`` or ``int``) names itself."""
+    if type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
+        name = target[1]
+        return target[0], name if type(name) is str and name else target[0]
+    if isinstance(target, str) and target:
+        return target, target
+    if isinstance(target, int) and not isinstance(target, bool):
+        return str(target), str(target)
+    party = resolve_party(target, "target")
+    if party is None:
+        raise AuditValidationError("target_id", "required: the target resolved to no id")
+    return party
+
+
 def _make_event(
     action: str,
     action_type: ActionType,
@@ -96,41 +118,31 @@ def _make_event(
     metadata: dict[str, Any] | None,
     occurred_at: datetime | None,
 ) -> AuditEvent:
-    """The event of one instrumented call or block; what is not given comes from context."""
-    ctx = _current.get()
+    """The event of one instrumented call or block; what is not given comes from the scope."""
+    scope_actor_id, scope_actor_name, scope_group, scope_location, user_agent = (
+        current_scope().values()
+    )
     party = resolve_party(actor, "actor") if actor is not None else None
     if party is not None:
         actor_id, actor_name = party
-    elif ctx.actor_id is not None:
-        actor_id = ctx.actor_id
-        actor_name = ctx.actor_name or actor_id
+    elif scope_actor_id is not None:
+        actor_id, actor_name = scope_actor_id, scope_actor_name or scope_actor_id
     elif settings.system_actor is not None:
         actor_id, actor_name = settings.system_actor
     else:
         raise AuditValidationError(
             "actor_id",
-            "required: bind one with audit_actor(...), pass actor=, "
-            "or configure(system_actor=...)",
+            "required: no actor is known here; bind one with audit_actor(...) or set_actor(...) "
+            "(the web middleware does it per request), pass actor=, or configure(system_actor=...)",
         )
-    if target is None:
-        target_id, target_name = actor_id, actor_name
-    elif type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
-        target_id, target_name = target  # the common (id, name) form, checked inline
-        if type(target_name) is not str or not target_name:
-            target_name = target_id
-    else:
-        aimed = resolve_party(target, "target")
-        if aimed is None:
-            raise AuditValidationError("target_id", "required: the target resolved to no id")
-        target_id, target_name = aimed
+    target_id, target_name = (actor_id, actor_name) if target is None else _target_party(target)
     if group is None:
-        group = ctx.group
+        group = scope_group
     if group is None:
         raise AuditValidationError(
-            "group", "required: bind one with audit_actor(..., group=) or audit_context(group=)"
+            "group", "required: bind one with audit_actor(..., group=), set_actor(..., group=) "
+            "or the middleware's group="
         )
-    if location is None:
-        location = ctx.location or ""
     if metadata and settings.mask:
         _mask(metadata)
     return _build_event(
@@ -141,19 +153,19 @@ def _make_event(
         actor_id,
         target_name,
         target_id,
-        location,
+        (scope_location or "") if location is None else location,
         occurred_at,
         metadata,
-        ctx.user_agent or "",
+        user_agent or "",
     )
 
 
 class AuditBuilder:
     """The event being built inside ``with audit(...) as event:``.
 
-    Set ``metadata`` entries, the ``target`` (object, mapping or ``(id,
-    name)``), ``actor``, ``group`` or ``location``; call :meth:`skip` to
-    record nothing. What is left ``None`` comes from the audit context.
+    Set ``metadata`` entries, the ``target`` (object, mapping, ``(id, name)``
+    or a bare id), ``actor``, ``group`` or ``location``; call :meth:`skip` to
+    record nothing. What is left ``None`` comes from the audit scope.
     """
 
     __slots__ = ("actor", "group", "location", "metadata", "occurred_at", "skipped", "target")
@@ -172,6 +184,25 @@ class AuditBuilder:
         self.skipped = True
 
 
+class _Open:
+    """One open ``with audit(...)`` block: its builder and "before" snapshot."""
+
+    __slots__ = ("before", "builder", "declaration", "token")
+
+    def __init__(self, declaration: audit, builder: AuditBuilder, before: Snapshot) -> None:
+        self.declaration = declaration
+        self.builder = builder
+        self.before = before
+        self.token: contextvars.Token[_Open | None] | None = None
+
+
+# The innermost open ``with audit(...)`` block of this thread or task: each use of a
+# declaration has its own state, so one ``audit(...)`` object can serve many requests.
+_open_block: contextvars.ContextVar[_Open | None] = contextvars.ContextVar(
+    "audit_instrument_open_block", default=None
+)
+
+
 class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
     """Declare an audit event on a function, a method or a block.
 
@@ -179,11 +210,12 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
     name of the decorated function (``"result"`` is its return value) or a
     callable taking some of its parameters by name (plus ``result``);
     ``target``/``actor`` resolve to an object with ``id`` and
-    ``email``/``name``/``username``, a mapping, or ``(id, name)``;
-    ``metadata`` to a mapping (or pass a list of parameter names).
-    ``snapshot`` is called before and after the call; the ``fields`` of what
-    it returns that changed become ``<field>_was`` / ``<field>`` metadata.
-    Without ``target`` the actor is the target.
+    ``email``/``name``/``username``, a mapping, ``(id, name)`` — or, for the
+    target, a bare ``str``/``int`` id; ``metadata`` to a mapping (or pass a
+    list of parameter names). ``snapshot`` is called before and after the
+    call; the ``fields`` of what it returns that changed become
+    ``<field>_was`` / ``<field>`` metadata. Without ``target`` the actor is
+    the target.
 
     If the call raises, the exception propagates unchanged and no event is
     recorded, unless ``on_error="emit"``: then the attempt is recorded with
@@ -197,25 +229,16 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
     ...     tweets[tweet_id]["body"] = body
 
     As a block, ``target`` and ``snapshot`` are values / zero-argument
-    callables::
+    callables; each ``with`` has its own state, so one declaration may be
+    shared by concurrent requests::
 
         with audit("user.login", "C", target=user) as event:
             event.metadata["method"] = "password"
     """
 
     __slots__ = (
-        "_before",
-        "_builder",
-        "action",
-        "action_type",
-        "actor",
-        "fields",
-        "group",
-        "include_unchanged",
-        "metadata",
-        "on_error",
-        "snapshot",
-        "target",
+        "action", "action_type", "actor", "fields", "group", "include_unchanged", "metadata",
+        "on_error", "snapshot", "target",
     )
 
     def __init__(
@@ -248,8 +271,6 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         self.fields = check_fields(fields)
         self.include_unchanged = include_unchanged
         self.on_error: OnError = on_error
-        self._builder: AuditBuilder | None = None
-        self._before: Snapshot = _NO_SNAPSHOT
 
     def __repr__(self) -> str:
         return f"audit({self.action!r}, {self.action_type.value!r})"
@@ -259,32 +280,30 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
     def __call__(self, fn: F) -> F:
         """Decorate ``fn``; the declaration is checked against its signature now."""
         plan = _Plan(self, fn)
-        wrapper = plan.async_wrapper if plan.is_async else plan.sync_wrapper
-        if type(fn) is FunctionType:
-            return _function_wrapper(fn, wrapper, plan.direct_call)  # type: ignore[return-value, arg-type]
+        wrapper = plan.async_call if plan.is_async else plan.sync_call
         return wrapt.FunctionWrapper(fn, wrapper)  # type: ignore[return-value]
 
     # -- context manager ---------------------------------------------------
 
     def __enter__(self) -> AuditBuilder:
-        if self._builder is not None:
-            raise AuditError(f"{self!r} is already open: use one audit(...) per with block")
-        if isinstance(self.target, str) or callable(self.target):
+        if callable(self.target):
             raise AuditValidationError(
                 "target",
-                "in a with block, give the target itself: an object, mapping or (id, name)",
+                "in a with block, give the target itself: an object, mapping, (id, name) or id",
                 self.target,
             )
-        self._builder = AuditBuilder(self.target)
-        self._builder.actor = self.actor
-        self._before = _NO_SNAPSHOT
+        builder = AuditBuilder(self.target)
+        builder.actor = self.actor
+        before = _NO_SNAPSHOT
         if self.snapshot is not None and _receivers.receivers:
             try:
-                self._before = capture(self.snapshot(), self.fields)
+                before = capture(self.snapshot(), self.fields)
             except Exception as error:
                 _report(self.action, error)
-                self._builder.skip()
-        return self._builder
+                builder.skip()
+        block = _Open(self, builder, before)
+        block.token = _open_block.set(block)
+        return builder
 
     def __exit__(
         self,
@@ -292,8 +311,12 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        builder, self._builder = self._builder, None
-        if builder is None or builder.skipped:
+        block = _open_block.get()
+        if block is None or block.declaration is not self or block.token is None:
+            return
+        _open_block.reset(block.token)
+        builder = block.builder
+        if builder.skipped:
             return
         if not _receivers.receivers:
             _warn_discarded()
@@ -303,31 +326,17 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         try:
             metadata = _metadata_from("metadata", builder.metadata)
             if self.snapshot is not None:
-                metadata.update(
-                    diff(
-                        self._before,
-                        capture(self.snapshot(), self.fields),
-                        include_unchanged=self.include_unchanged,
-                    )
-                )
+                after = capture(self.snapshot(), self.fields)
+                metadata.update(diff(block.before, after, include_unchanged=self.include_unchanged))
             if exc is not None:
                 metadata["outcome"] = "failure"
                 metadata["error"] = type(exc).__qualname__
             event = _make_event(
-                self.action,
-                self.action_type,
-                builder.target,
-                builder.actor,
-                builder.group or self.group,
-                builder.location,
-                metadata,
-                builder.occurred_at,
+                self.action, self.action_type, builder.target, builder.actor,
+                builder.group or self.group, builder.location, metadata, builder.occurred_at,
             )
         except Exception as error:
-            if exc is not None:  # don't mask the block's own exception
-                logger.error("audit_instrument: event %r not recorded: %s", self.action, error)
-                return
-            _report(self.action, error)
+            _report(self.action, error, may_raise=exc is None)  # never mask the block's error
             return
         signals.emit_built(event)
 
@@ -343,48 +352,13 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         self.__exit__(exc_type, exc, tb)
 
 
-_Wrapper = Callable[[Callable[..., Any], object, tuple[Any, ...], dict[str, Any]], Any]
-
-
-def _function_wrapper(
-    fn: FunctionType, wrapper: _Wrapper, call: Callable[..., Any]
-) -> wrapt.FunctionWrapper[Any, Any]:
-    """``wrapt.FunctionWrapper(fn, wrapper)`` with a cheaper direct call.
-
-    Called directly (not as a bound method), wrapt's ``FunctionWrapper``
-    looks up ``fn.__self__`` on every call in case ``fn`` is a bound method;
-    for a plain function that raises and swallows an ``AttributeError``,
-    about 60 % of the wrapper's own cost. A plain function has no
-    ``__self__``, so this subclass's ``__call__`` is ``call(self, *args,
-    **kwargs)``, which does what ``wrapper(fn, None, args, kwargs)`` does.
-    Reading anything off the proxy costs as much as the lookup it saves, so
-    ``call`` gets its state from its closure, and the class is made for this
-    one function (~2 KB and ~30 µs, once, at decoration). Binding as a
-    method, and everything else, is wrapt's own.
-    """
-    cls = type(
-        "AuditFunctionWrapper",
-        (wrapt.FunctionWrapper,),
-        {"__slots__": (), "__call__": call, "__module__": __name__},
-    )
-    return cls(fn, wrapper)  # type: ignore[no-any-return]
-
-
-def _no_arguments(
-    instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    return {}
-
-
 class _Plan:
-    """What one decorated function needs per call, worked out once.
+    """What one decorated function needs per call, worked out at decoration time."""
 
-    The per-call paths are closures over what was worked out (``sync_wrapper``,
-    ``async_wrapper``, ``finish``): reading a closure cell is cheaper than an
-    attribute, and this is the ``@audit`` hot path.
-    """
-
-    __slots__ = ("async_wrapper", "binder", "direct_call", "is_async", "sync_wrapper")
+    __slots__ = (
+        "action", "action_type", "actor", "binder", "emit_on_error", "fields", "group",
+        "include_unchanged", "is_async", "metadata", "snapshot", "target",
+    )
 
     def __init__(self, decl: audit, fn: Any) -> None:
         takes_instance: bool | None = None
@@ -398,161 +372,111 @@ class _Plan:
         if not callable(inner):
             raise TypeError(f"@audit decorates functions and methods, not {type(fn).__name__}")
         self.is_async = inspect.iscoroutinefunction(inner)
-        binder = self.binder = Binder(inner, takes_instance)
-        target = self._resolver("target", decl.target)
-        actor = self._resolver("actor", decl.actor)
-        group = self._resolver("group", decl.group)
+        self.binder = Binder(inner, takes_instance)
+        self.target = self._resolver("target", decl.target)
+        self.actor = self._resolver("actor", decl.actor)
+        self.group = self._resolver("group", decl.group)
         metadata_spec = decl.metadata
         if isinstance(metadata_spec, (list, tuple)):
-            getters = [
-                (name, make_resolver("metadata", name, binder, result_allowed=True))
-                for name in metadata_spec
-            ]
-            metadata_spec = lambda **kw: {n: get(kw, kw.get(RESULT)) for n, get in getters}  # noqa: E731
-        metadata = self._resolver("metadata", metadata_spec)
-        snapshot = (
-            make_resolver("snapshot", decl.snapshot, binder, result_allowed=False)
-            if decl.snapshot is not None
-            else None
+            getters = [(name, self._resolver("metadata", name)) for name in metadata_spec]
+
+            def named_metadata(bound: dict[str, Any], result: Any) -> dict[str, Any]:
+                return {name: get(bound, result) for name, get in getters}  # type: ignore[misc]
+
+            self.metadata: ResolverFn | None = named_metadata
+        else:
+            self.metadata = self._resolver("metadata", metadata_spec)
+        self.snapshot = (
+            make_resolver("snapshot", decl.snapshot, self.binder, result_allowed=False)
+            if decl.snapshot is not None else None
         )
-        needs_args = any(r is not None for r in (target, actor, group, metadata, snapshot))
-        bind = binder.bind if needs_args else _no_arguments
-        fill = binder.fill if needs_args else None
-        count = len(binder.names)
-        # target=lambda tweet_id: ...: called straight from the bound arguments
-        target_fn, target_param = single_parameter(decl.target, binder) or (None, "")
-        action, action_type, fields = decl.action, decl.action_type, decl.fields
-        include_unchanged, emit_on_error = decl.include_unchanged, decl.on_error == "emit"
-
-        def finish(
-            bound: dict[str, Any], before: Snapshot, result: Any, exc: BaseException | None
-        ) -> None:
-            """Build the event from the call and emit it; report what goes wrong."""
-            try:
-                extra = _metadata_from("metadata", metadata(bound, result)) if metadata else None
-                if snapshot is not None or exc is not None:  # most calls: no dict to throw away
-                    more = {} if extra is None else extra
-                    if snapshot is not None:
-                        after = capture(snapshot(bound, None), fields)
-                        more.update(diff(before, after, include_unchanged=include_unchanged))
-                    if exc is not None:
-                        more["outcome"] = "failure"
-                        more["error"] = type(exc).__qualname__
-                    extra = more
-                event = _make_event(
-                    action,
-                    action_type,
-                    target_fn(bound[target_param])
-                    if target_fn is not None
-                    else target(bound, result)
-                    if target
-                    else None,
-                    actor(bound, result) if actor else None,
-                    group(bound, result) if group else None,
-                    None,
-                    extra,
-                    None,
-                )
-            except Exception as error:
-                if exc is not None:  # never replace the call's own exception
-                    logger.error("audit_instrument: event %r not recorded: %s", action, error)
-                    return
-                _report(action, error)
-                return
-            signals.emit_built(event)
-
-        def begin(
-            instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[dict[str, Any], Snapshot] | None:
-            """Bind the arguments and take the "before" snapshot; None if that failed."""
-            try:
-                bound = bind(instance, args, kwargs)
-                return bound, (
-                    _NO_SNAPSHOT if snapshot is None else capture(snapshot(bound, None), fields)
-                )
-            except Exception as error:
-                _report(action, error)  # raises in strict mode, before the call
-                return None
-
-        def sync_wrapper(
-            wrapped: Callable[..., Any],
-            instance: object,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if not _receivers.receivers:
-                if not settings.warned_no_receivers:
-                    _warn_discarded()
-                return wrapped(*args, **kwargs)
-            started = begin(instance, args, kwargs)
-            if started is None:
-                return wrapped(*args, **kwargs)
-            bound, before = started
-            try:
-                result = wrapped(*args, **kwargs)
-            except Exception as exc:
-                if emit_on_error:
-                    finish(bound, before, None, exc)
-                raise
-            finish(bound, before, result, None)
-            return result
-
-        def direct_call(_proxy: object, *args: Any, **kwargs: Any) -> Any:
-            """``sync_wrapper(fn, None, args, kwargs)``, one frame shorter where it
-            matters: a plain function without snapshot, called directly."""
-            if not _receivers.receivers:
-                return sync_wrapper(fn, None, args, kwargs)
-            try:
-                if fill is not None and not kwargs and len(args) == count:
-                    bound = fill(args)
-                else:
-                    bound = bind(None, args, kwargs)
-            except Exception as error:
-                _report(action, error)  # raises in strict mode, before the call
-                return fn(*args, **kwargs)
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                if emit_on_error:
-                    finish(bound, _NO_SNAPSHOT, None, exc)
-                raise
-            finish(bound, _NO_SNAPSHOT, result, None)
-            return result
-
-        async def async_wrapper(
-            wrapped: Callable[..., Any],
-            instance: object,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            if not _receivers.receivers:
-                if not settings.warned_no_receivers:
-                    _warn_discarded()
-                return await wrapped(*args, **kwargs)
-            started = begin(instance, args, kwargs)
-            if started is None:
-                return await wrapped(*args, **kwargs)
-            bound, before = started
-            try:
-                result = await wrapped(*args, **kwargs)
-            except Exception as exc:
-                if emit_on_error:
-                    finish(bound, before, None, exc)
-                raise
-            finish(bound, before, result, None)
-            return result
-
-        wrapper = async_wrapper if self.is_async else sync_wrapper
-
-        def direct_wrapper(_proxy: object, *args: Any, **kwargs: Any) -> Any:
-            return wrapper(fn, None, args, kwargs)
-
-        self.sync_wrapper = sync_wrapper
-        self.async_wrapper = async_wrapper
-        fast = not self.is_async and snapshot is None
-        self.direct_call = direct_call if fast else direct_wrapper
+        self.action, self.action_type, self.fields = decl.action, decl.action_type, decl.fields
+        self.include_unchanged = decl.include_unchanged
+        self.emit_on_error = decl.on_error == "emit"
 
     def _resolver(self, label: str, spec: object) -> ResolverFn | None:
         if spec is None:
             return None
         return make_resolver(label, spec, self.binder, result_allowed=True)
+
+    def begin(
+        self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], Snapshot] | None:
+        """Bind the arguments and take the "before" snapshot; None if that failed."""
+        try:
+            bound = self.binder.bind(instance, args, kwargs)
+            before = (_NO_SNAPSHOT if self.snapshot is None
+                      else capture(self.snapshot(bound, None), self.fields))
+        except Exception as error:
+            _report(self.action, error)  # raises in strict mode, before the call
+            return None
+        return bound, before
+
+    def finish(
+        self, bound: dict[str, Any], before: Snapshot, result: Any, exc: BaseException | None
+    ) -> None:
+        """Build the event from the call and emit it; report what goes wrong."""
+        try:
+            metadata = (_metadata_from("metadata", self.metadata(bound, result))
+                        if self.metadata is not None else {})
+            if self.snapshot is not None:
+                after = capture(self.snapshot(bound, None), self.fields)
+                metadata.update(diff(before, after, include_unchanged=self.include_unchanged))
+            if exc is not None:
+                metadata["outcome"] = "failure"
+                metadata["error"] = type(exc).__qualname__
+            event = _make_event(
+                self.action,
+                self.action_type,
+                self.target(bound, result) if self.target is not None else None,
+                self.actor(bound, result) if self.actor is not None else None,
+                self.group(bound, result) if self.group is not None else None,
+                None,
+                metadata,
+                None,
+            )
+        except Exception as error:
+            _report(self.action, error, may_raise=exc is None)  # never replace the call's error
+            return
+        signals.emit_built(event)
+
+    def sync_call(
+        self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if not _receivers.receivers:
+            _warn_discarded()
+            return wrapped(*args, **kwargs)
+        started = self.begin(instance, args, kwargs)
+        if started is None:
+            return wrapped(*args, **kwargs)
+        bound, before = started
+        try:
+            result = wrapped(*args, **kwargs)
+        except Exception as exc:
+            if self.emit_on_error:
+                self.finish(bound, before, None, exc)
+            raise
+        self.finish(bound, before, result, None)
+        return result
+
+    async def async_call(
+        self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if not _receivers.receivers:
+            _warn_discarded()
+            return await wrapped(*args, **kwargs)
+        started = self.begin(instance, args, kwargs)
+        if started is None:
+            return await wrapped(*args, **kwargs)
+        bound, before = started
+        try:
+            result = await wrapped(*args, **kwargs)
+        except Exception as exc:
+            if self.emit_on_error:
+                self.finish(bound, before, None, exc)
+            raise
+        self.finish(bound, before, result, None)
+        return result
+

@@ -14,7 +14,7 @@ from support.workos import API_KEY, FAST, ServerProcess
 from support.workos_server import WorkOSServer
 
 from audit_instrument import _stats, config, signals
-from audit_instrument.context import _EMPTY, _current
+from audit_instrument.context import _ROOT, _current
 from audit_instrument.senders.workos import WorkOS
 
 
@@ -23,7 +23,7 @@ def _clean_audit_state() -> Iterator[None]:
     """Reset senders, settings and the audit context around each test."""
     config.reset()
     _stats._reset()
-    token = _current.set(_EMPTY)
+    token = _current.set(_ROOT)
     try:
         yield
     finally:

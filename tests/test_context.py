@@ -57,7 +57,7 @@ def read_tweet_sync(tweet_id: int) -> None:
 def test_actor_forms(user: object, kwargs: dict[str, object], expected: tuple[str, str]) -> None:
     with audit_actor(user, **kwargs) as bound:  # type: ignore[arg-type]
         assert (bound.actor_id, bound.actor_name) == expected
-        assert current_context() is bound
+        assert current_context() == bound
 
 
 def test_anonymous_actor_binds_no_actor_but_keeps_group() -> None:
@@ -95,7 +95,7 @@ def test_nesting_restores_outer_values_even_on_error() -> None:
             with pytest.raises(RuntimeError), audit_actor({"id": "u2"}, group="organization_2"):
                 assert current_context().group == "organization_2"
                 raise RuntimeError
-            assert current_context() is inner
+            assert current_context() == inner
         outer = current_context()
         assert (
             outer.actor_id is None and outer.user_agent is None and outer.group == "organization_1"

@@ -12,7 +12,6 @@ import pytest
 import wrapt
 
 from audit_instrument import (
-    AuditError,
     AuditValidationError,
     audit,
     audit_actor,
@@ -448,13 +447,40 @@ def test_context_manager_snapshot_skip_and_errors(events: CapturedEvents) -> Non
     assert failed.metadata["error"] == "RuntimeError"
 
 
-def test_context_manager_rejects_resolvers_and_reuse() -> None:
-    with pytest.raises(AuditValidationError, match="target"), audit("a.b", "C", target="user"):
+def test_context_manager_rejects_resolvers_and_takes_a_bare_id() -> None:
+    with (pytest.raises(AuditValidationError, match="target"),
+          audit("a.b", "C", target=lambda: "user")):
         pass
-    block = audit("a.b", "C")
-    with capture_events(), audit_actor(USER, group="g"), block:
-        with pytest.raises(AuditError, match="already open"), block:
+    with capture_events() as captured, audit_actor(USER, group="g"):
+        with audit("a.b", "C", target="tweet_5"):
             pass
+        with audit("a.b", "C", target=7):
+            pass
+    assert [(e.target_id, e.target_name) for e in captured.events] == [
+        ("tweet_5", "tweet_5"), ("7", "7")]
+
+
+def test_one_declaration_nested_and_shared_by_concurrent_tasks() -> None:
+    block = audit("doc.read", "R")
+
+    async def request(n: int) -> None:
+        async with audit_actor({"id": f"user_{n}"}, group="g"), block as event:
+            event.metadata["n"] = n
+            await asyncio.sleep(0)  # interleave with the other requests
+            event.target = f"doc_{n}"
+
+    async def all_requests() -> None:
+        await asyncio.gather(*(request(n) for n in range(20)))
+
+    with capture_events() as captured:
+        asyncio.run(all_requests())
+        with audit_actor(USER, group="g"), block as outer:
+            outer.target = "outer"
+            with block as inner:
+                inner.target = "inner"
+    pairs = {(e.actor_id, e.target_id, e.metadata.get("n")) for e in captured.events[:20]}
+    assert pairs == {(f"user_{n}", f"doc_{n}", n) for n in range(20)}
+    assert [e.target_id for e in captured.events[20:]] == ["inner", "outer"]
 
 
 def test_the_time_of_an_instrumented_call_is_read_when_the_event_is_built(

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pytest
 from starlette.authentication import SimpleUser, UnauthenticatedUser
 
-from audit_instrument import AuditConfigError, configure, current_context
+from audit_instrument import AuditConfigError, configure, current_context, stats
 from audit_instrument.integrations import TrustedProxies, user_party
-from audit_instrument.integrations._common import RequestBinder, RequestBlock
+from audit_instrument.integrations._request import RequestAudit
 
 
 class TestTrustedProxies:
@@ -50,17 +50,10 @@ class TestTrustedProxies:
         assert proxies.client_ip("testclient", "203.0.113.7") == "testclient"
         assert proxies.client_ip("10.0.0.1", None) == "10.0.0.1"
 
-    def test_answers_are_remembered_and_the_memory_is_bounded(self) -> None:
+    def test_long_headers_are_walked_and_garbage_is_not_an_address(self) -> None:
         proxies = TrustedProxies(["10.0.0.0/8"])
-        for n in range(5000):
-            assert proxies.client_ip("10.0.0.1", f"203.0.{n // 256}.{n % 256}") == (
-                f"203.0.{n // 256}.{n % 256}"
-            )
-        assert proxies.client_ip("10.0.0.1", "203.0.0.7") == "203.0.0.7"  # asked again
-        assert 0 < len(proxies._seen) <= 4096
         long_chain = ", ".join(["10.0.0.2"] * 100) + ", 203.0.113.7, 10.0.0.3"
         assert proxies.client_ip("10.0.0.1", long_chain) == "203.0.113.7"
-        assert ("10.0.0.1", long_chain) not in proxies._seen  # long headers are not kept
         assert proxies.client_ip("10.0.0.1", "x" * 5000 + ", 10.0.0.3") == "10.0.0.3"
 
     @pytest.mark.parametrize("bad", ["10.0.0.0/33", "proxy.internal", 10])
@@ -91,26 +84,31 @@ class TestUserParty:
         assert user_party(SimpleUser("carol")) == ("carol", "carol")
 
 
-class TestRequestBinder:
-    def test_failing_resolver_is_logged_and_the_request_has_no_actor(
+def _no_user(request: object) -> object:
+    return None
+
+
+class TestRequestAudit:
+    def test_failing_resolvers_are_logged_once_and_the_event_has_no_actor(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         def broken(request: object) -> object:
             raise RuntimeError("session store down")
 
-        binder: RequestBinder[object] = RequestBinder(
-            actor=broken, group=broken, trusted_proxies=()
-        )
+        requests: RequestAudit[object] = RequestAudit(
+            actor=broken, group=broken, trusted_proxies=(), default_actor=_no_user)
         with caplog.at_level(logging.ERROR, "audit_instrument"):
-            user = binder.user(object(), lambda r: None)
-            with RequestBlock(binder.context(object(), user, "192.0.2.1", None, "ua")):
-                ctx = current_context()
+            for _ in range(3):
+                with requests.scope(object(), peer="192.0.2.1", forwarded_for=None,
+                                    user_agent="ua"):
+                    ctx = current_context()
         assert (ctx.actor_id, ctx.group, ctx.location) == (None, None, "192.0.2.1")
         failed = [r.getMessage() for r in caplog.records if r.exc_info]
         assert failed == [
-            "audit_instrument: the middleware's actor resolver failed",
-            "audit_instrument: the middleware's group resolver failed",
+            "audit_instrument: the actor resolver failed: RuntimeError: session store down",
+            "audit_instrument: the group resolver failed: RuntimeError: session store down",
         ]
+        assert sum(stats().failures.values()) == 6
 
     def test_strict_mode_raises_resolver_errors(self) -> None:
         configure(strict=True)
@@ -118,59 +116,71 @@ class TestRequestBinder:
         def broken(request: object) -> object:
             raise RuntimeError("session store down")
 
-        binder: RequestBinder[object] = RequestBinder(actor=broken, group=None,
-                                                      trusted_proxies=())
-        with pytest.raises(RuntimeError, match="session store down"):
-            binder.user(object(), lambda r: None)
+        requests: RequestAudit[object] = RequestAudit(
+            actor=broken, group=None, trusted_proxies=(), default_actor=_no_user)
+        with (pytest.raises(RuntimeError, match="session store down"),
+              requests.scope(object(), peer=None, forwarded_for=None, user_agent=None)):
+            current_context()
 
     def test_invalid_user_value_is_logged_not_raised(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        binder: RequestBinder[object] = RequestBinder(actor=None, group="org_1",
-                                                      trusted_proxies=())
+        requests: RequestAudit[object] = RequestAudit(
+            actor=lambda request: ("too", "many", "parts"), group="org_1", trusted_proxies=(),
+            default_actor=_no_user)
         with caplog.at_level(logging.ERROR, "audit_instrument"):
-            with RequestBlock(binder.context(object(), ("too", "many", "parts"), None, None,
-                                             None)):
+            with requests.scope(object(), peer=None, forwarded_for=None, user_agent=None):
                 ctx = current_context()
         assert (ctx.actor_id, ctx.group) == (None, "org_1")
-        assert "could not read an actor" in caplog.text
+        assert "a tuple must be (id, name)" in caplog.text
 
-    def test_raw_header_bytes_are_latin_1_and_contexts_are_shared_boundedly(self) -> None:
-        binder: RequestBinder[object] = RequestBinder(actor=None, group="org_1",
-                                                      trusted_proxies=["10.0.0.0/8"])
-        user = {"id": "user_1", "email": "a@example.com"}
-        first = binder.context(object(), user, "10.0.0.1", b"203.0.113.7", b"caf\xe9/1.0")
+    def test_raw_header_bytes_are_latin_1(self) -> None:
+        requests: RequestAudit[object] = RequestAudit(
+            actor=lambda request: {"id": "user_1", "email": "a@example.com"}, group="org_1",
+            trusted_proxies=["10.0.0.0/8"], default_actor=_no_user)
+        with requests.scope(object(), peer="10.0.0.1", forwarded_for=b"203.0.113.7",
+                            user_agent=b"caf\xe9/1.0"):
+            first = current_context()
         assert (first.actor_id, first.actor_name, first.group, first.location,
                 first.user_agent) == ("user_1", "a@example.com", "org_1", "203.0.113.7",
                                       "caf\u00e9/1.0")
-        # same request again: the same (frozen) context; another user: its own
-        assert binder.context(object(), dict(user), "10.0.0.1", b"203.0.113.7",
-                              b"caf\xe9/1.0") is first
-        other = binder.context(object(), {"id": "user_2"}, "10.0.0.1", b"203.0.113.7",
-                               b"caf\xe9/1.0")
-        assert (other.actor_id, other.location) == ("user_2", "203.0.113.7")
         # the str headers of WSGI and Django give the same context as bytes
-        text = binder.context(object(), user, "10.0.0.1", "203.0.113.7", "caf\u00e9/1.0")
-        assert text == first
-        for n in range(5000):
-            agent = f"agent/{n}"
-            assert binder.context(object(), user, "10.0.0.1", None, agent).user_agent == agent
-        assert 0 < len(binder._bound) <= 4096
-        long_agent = "x" * 1000
-        assert binder.context(object(), user, "10.0.0.1", None, long_agent).user_agent == (
-            long_agent)
-        assert not any(key[4] == long_agent for key in binder._bound)  # long headers: not kept
+        with requests.scope(object(), peer="10.0.0.1", forwarded_for="203.0.113.7",
+                            user_agent="caf\u00e9/1.0"):
+            assert current_context() == first
 
-    def test_a_group_resolver_is_asked_on_every_request(self) -> None:
+    def test_actor_and_group_are_resolved_late_and_kept_once_known(self) -> None:
+        request: dict[str, object] = {}
+        calls: list[str] = []
+
+        def actor(req: dict[str, object]) -> object:
+            calls.append("actor")
+            return req.get("user")
+
+        requests: RequestAudit[dict[str, object]] = RequestAudit(
+            actor=actor, group=lambda req: req.get("org"), trusted_proxies=(),
+            default_actor=_no_user)
+        with requests.scope(request, peer=None, forwarded_for=None, user_agent=None):
+            assert current_context().actor_id is None  # not authenticated yet
+            request.update(user={"id": "user_1"}, org="org_1")  # authentication ran
+            assert (current_context().actor_id, current_context().group) == ("user_1", "org_1")
+            request.update(user={"id": "someone_else"})
+            assert current_context().actor_id == "user_1"  # kept for the rest of the request
+        assert calls == ["actor", "actor"]
+
+    def test_a_group_resolver_is_asked_per_request(self) -> None:
         groups = iter(["org_1", "org_2"])
-        binder: RequestBinder[object] = RequestBinder(
-            actor=None, group=lambda request: next(groups), trusted_proxies=())
-        user = ("user_1", "a@example.com")
-        assert binder.context(object(), user, "192.0.2.1", None, "ua").group == "org_1"
-        assert binder.context(object(), user, "192.0.2.1", None, "ua").group == "org_2"
+        requests: RequestAudit[object] = RequestAudit(
+            actor=None, group=lambda request: next(groups), trusted_proxies=(),
+            default_actor=_no_user)
+        for expected in ("org_1", "org_2"):
+            with requests.scope(object(), peer=None, forwarded_for=None, user_agent=None):
+                assert current_context().group == expected
 
     def test_bad_resolver_declarations_fail_at_construction(self) -> None:
         with pytest.raises(AuditConfigError, match="actor="):
-            RequestBinder(actor="request.user", group=None, trusted_proxies=())  # type: ignore[arg-type]
+            RequestAudit(actor="request.user", group=None, trusted_proxies=(),  # type: ignore[arg-type]
+                         default_actor=_no_user)
         with pytest.raises(AuditConfigError, match="group="):
-            RequestBinder(actor=None, group=42, trusted_proxies=())  # type: ignore[arg-type]
+            RequestAudit(actor=None, group=42, trusted_proxies=(),  # type: ignore[arg-type]
+                         default_actor=_no_user)

@@ -8,7 +8,7 @@ import logging
 import pytest
 from support.events import make_event
 
-from audit_instrument import AuditEvent, configure, emit, signals, stats
+from audit_instrument import AuditConfigError, AuditEvent, configure, emit, signals, stats
 from audit_instrument.senders import MemorySender
 from audit_instrument.testing import capture_events
 
@@ -41,9 +41,16 @@ def test_configure_replaces_senders_and_holds_them_strongly() -> None:
     assert len(configure.__globals__["settings"].senders[0]) == 1
 
 
-def test_configure_rejects_what_is_not_a_sender() -> None:
-    with pytest.raises(TypeError, match="senders"):
+def test_configure_rejects_what_is_not_a_sender_at_once() -> None:
+    with pytest.raises(AuditConfigError, match="42 has no send"):
         configure(42)
+    with pytest.raises(AuditConfigError, match=r"MemorySender is a class.*MemorySender\(\)"):
+        configure(MemorySender)
+    with pytest.raises(AuditConfigError, match="cannot be called with one event"):
+        configure(lambda: None)
+    with pytest.raises(AuditConfigError, match="cannot be called with one event"):
+        configure(lambda event, where: None)
+    configure(lambda event, *rest: None, print)  # these can take an event
 
 
 def test_direct_receivers_weak_and_strong_and_sender_specific() -> None:

@@ -1,18 +1,22 @@
-"""Middleware that binds the audit context once per request.
+"""Middleware that opens one audit scope per request.
 
 - :mod:`audit_instrument.integrations.asgi` — Starlette, FastAPI, any ASGI app
 - :mod:`audit_instrument.integrations.wsgi` — Flask, any WSGI app
-- :mod:`audit_instrument.integrations.django` — Django (sync and async)
+- :mod:`audit_instrument.integrations.flask` — a Flask extension over the WSGI middleware
+- :mod:`audit_instrument.integrations.django` — Django (sync and async), with a system check
 
-Each binds actor, group, location (client IP; ``X-Forwarded-For`` only from
-``trusted_proxies``) and user agent with :func:`~audit_instrument.audit_actor`
-for the whole request, streamed body included, and restores the previous
-context afterwards, also when the app raises. The framework modules are
-imported on demand: the library itself needs none of the frameworks.
+Each opens an :class:`~audit_instrument.AuditScope` for the whole request,
+streamed body included, with the client IP (``X-Forwarded-For`` only from
+``trusted_proxies``) and user agent; the actor and group are resolved when
+the first event of the request needs them, so authentication that runs
+later in the request is seen, and :func:`~audit_instrument.set_actor` works
+anywhere inside it. The framework modules are imported on demand: the
+library itself needs none of the frameworks.
 """
 
 from __future__ import annotations
 
-from ._common import TrustedProxies, user_party
+from ._proxies import TrustedProxies
+from ._request import user_party
 
 __all__ = ["TrustedProxies", "user_party"]

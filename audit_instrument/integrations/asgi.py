@@ -1,19 +1,21 @@
-"""ASGI middleware: the audit context for each request (Starlette, FastAPI, any ASGI app).
+"""ASGI middleware: one audit scope per request (Starlette, FastAPI, any ASGI app).
 
->>> from starlette.applications import Starlette
->>> from starlette.middleware import Middleware
->>> from starlette.middleware.authentication import AuthenticationMiddleware
+>>> from fastapi import FastAPI
 >>> from audit_instrument.integrations.asgi import AuditMiddleware
->>> app = Starlette(middleware=[
-...     # Middleware(AuthenticationMiddleware, backend=...),  # sets scope["user"] first
-...     Middleware(AuditMiddleware, group=lambda scope: "organization_1",
-...                trusted_proxies=["10.0.0.0/8"]),
-... ])
+>>> app = FastAPI()
+>>> app.add_middleware(AuditMiddleware, group="organization_1")
 
-The context is bound for the whole call of the app, so it covers every
-``await``, tasks the app starts, a ``StreamingResponse`` to its last chunk,
-sync endpoints run in the threadpool (anyio copies the context) and
-background tasks run after the response. ``lifespan`` scopes pass through.
+The scope covers the whole call of the app: every ``await``, tasks the app
+starts, a ``StreamingResponse`` to its last chunk, sync endpoints and
+dependencies run in the threadpool (anyio copies the context, and the copy
+shares the scope) and background tasks run after the response.
+``lifespan`` scopes pass through.
+
+The actor is read when the first event of the request is built: by default
+``request.state.user`` (what a FastAPI dependency or your own middleware
+sets), else ``scope["user"]`` (Starlette's ``AuthenticationMiddleware``, in
+any order with this one). ``set_actor(user)`` anywhere in the request works
+too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ..context import _current
-from ._common import RequestBinder, settle
+from ._request import RequestAudit
 
 __all__ = ["AuditMiddleware"]
 
@@ -32,32 +33,28 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_BOUND_SCOPES = frozenset({"http", "websocket"})
-_PLAIN = frozenset({dict, tuple, str, type(None)})  # what a resolver returns that is no awaitable
+_OPENED = frozenset({"http", "websocket"})
 
 
 def _scope_user(scope: Scope) -> object:
     """Default actor: ``request.state.user`` (``scope["state"]``), else ``scope["user"]``."""
     state = scope.get("state")
-    if state:
-        user = state.get("user")
-        if user is not None:
-            return user
-    return scope.get("user")
+    user = state.get("user") if state else None
+    return user if user is not None else scope.get("user")
 
 
 class AuditMiddleware:
-    """Bind actor, group, client IP and user agent for each HTTP/WebSocket connection.
+    """Open an audit scope for each HTTP/WebSocket connection.
 
-    ``actor(scope)`` (sync or async) returns the user — see
-    :func:`~audit_instrument.integrations._common.user_party` for what is
-    understood; anonymous users mean no actor. Default: ``request.state.user``
-    set by an outer middleware, else ``scope["user"]`` from Starlette's
-    ``AuthenticationMiddleware`` — so add this middleware *inside* whatever
-    authenticates. ``group`` is a string or ``group(scope)``.
+    ``actor(scope)`` returns the request's user — see
+    :func:`~audit_instrument.integrations.user_party` for what is understood;
+    anonymous users mean no actor (yet). ``group`` is a string or
+    ``group(scope)``. Plain functions are called when an event needs the
+    value; ``async def`` resolvers are awaited when the request starts.
     ``trusted_proxies`` lists the proxies (addresses, networks or ``"*"``)
-    whose ``X-Forwarded-For`` is believed; otherwise the peer is the location.
-    (Behind uvicorn's own ``--proxy-headers``, the peer is already rewritten.)
+    whose ``X-Forwarded-For`` is believed; otherwise the peer is the
+    location. (Behind uvicorn's own ``--proxy-headers``, the peer is already
+    rewritten; see docs/frameworks.md.)
     """
 
     def __init__(
@@ -65,19 +62,18 @@ class AuditMiddleware:
         app: ASGIApp,
         *,
         actor: Callable[[Scope], object] | None = None,
-        group: str | Callable[[Scope], str | None] | None = None,
+        group: str | Callable[[Scope], object] | None = None,
         trusted_proxies: Iterable[str] | str = (),
     ) -> None:
         self.app = app
-        self._binder: RequestBinder[Scope] = RequestBinder(
-            actor=actor, group=group, trusted_proxies=trusted_proxies
+        self._requests: RequestAudit[Scope] = RequestAudit(
+            actor=actor, group=group, trusted_proxies=trusted_proxies, default_actor=_scope_user
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in _BOUND_SCOPES:
+        if scope["type"] not in _OPENED:
             await self.app(scope, receive, send)
             return
-        binder = self._binder
         user_agent = forwarded = None
         for name, value in scope.get("headers", ()):
             if name == b"user-agent":
@@ -85,13 +81,10 @@ class AuditMiddleware:
             elif name == b"x-forwarded-for":  # repeated lines are one list
                 forwarded = value if forwarded is None else forwarded + b"," + value
         client = scope.get("client")
-        user = binder.user(scope, _scope_user)
-        if type(user) not in _PLAIN and hasattr(user, "__await__"):  # an async resolver
-            user = await settle("actor", user)
-        token = _current.set(
-            binder.context(scope, user, client[0] if client else None, forwarded, user_agent)
-        )
-        try:
+        requests = self._requests
+        audit_scope = requests.scope(scope, peer=client[0] if client else None,
+                                     forwarded_for=forwarded, user_agent=user_agent)
+        if requests.async_actor or requests.async_group:
+            await requests.settle_async(scope, audit_scope)
+        with audit_scope:
             await self.app(scope, receive, send)
-        finally:
-            _current.reset(token)
