@@ -82,7 +82,7 @@ def _all_fields(obj: object) -> list[str]:
     if isinstance(obj, Mapping):
         return [str(key) for key in obj]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return [f.name for f in dataclasses.fields(obj)]
+        return [f.name for f in dataclasses.fields(obj) if not f.name.startswith("_")]
     try:
         names = vars(obj)
     except TypeError:

@@ -6,13 +6,23 @@ import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from support.events import make_event
 
-from audit_instrument import AuditEvent, audit, audit_actor, configure, emit
+from audit_instrument import (
+    AuditConfigError,
+    AuditEvent,
+    AuditValidationError,
+    audit,
+    audit_actor,
+    configure,
+    emit,
+)
 from audit_instrument.senders import JsonlSender, LoggingSender, MemorySender, read_jsonl
 
 
@@ -89,3 +99,59 @@ def test_memory_sender_keeps_order() -> None:
     assert list(memory) == sent and memory[0] is sent[0] and len(memory) == 5
     memory.clear()
     assert len(memory) == 0
+
+
+def test_jsonl_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(AuditConfigError, match="is a directory"):
+        JsonlSender(tmp_path)
+    with pytest.raises(AuditConfigError, match="cannot open"):
+        JsonlSender(tmp_path / "missing" / "audit.jsonl")
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from audit_instrument import DeliveryError
+from audit_instrument.senders import JsonlSender
+sys.path.insert(0, sys.argv[2])
+from support.events import make_event
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)         # a full disk: writes fail, no signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+sender = JsonlSender(sys.argv[1])
+for n in range(200):
+    try:
+        sender.send(make_event(n, metadata={"n": n, "body": "x" * (n % 50)}))
+    except DeliveryError:
+        print("refused", n)
+    else:
+        print("written", n)
+"""
+
+
+def test_jsonl_full_disk_leaves_no_torn_line(tmp_path: Path) -> None:
+    """A write cut short by a full disk (here RLIMIT_FSIZE) is undone: only whole lines stay."""
+    path = tmp_path / "audit.jsonl"
+    tests = str(Path(__file__).parent)
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path), tests],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outcome = dict(line.split()[::-1] for line in done.stdout.splitlines())
+    written = {n for n, what in outcome.items() if what == "written"}
+    assert written and len(written) < 200  # the limit was reached
+    text = path.read_bytes()
+    assert text.endswith(b"\n")
+    events = read_jsonl(path, strict=True)
+    assert {str(e.metadata["n"]) for e in events} == written
+
+
+def test_read_jsonl_skips_and_reports_a_torn_line_anywhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    lines = [make_event(n).to_json() for n in range(5)]
+    lines[2] = lines[2][:40]  # torn in the middle of the file
+    path.write_text("\n".join(lines) + "\n" + lines[4][:10])  # and at its end
+    events = read_jsonl(path)
+    assert [e.metadata["n"] for e in events] == [0, 1, 3, 4]
+    assert "skipped 2 line(s)" in caplog.text and "3, 6" in caplog.text
+    with pytest.raises(AuditValidationError, match="line 3"):
+        read_jsonl(path, strict=True)
