@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 from . import signals
 from ._stats import SenderStats, Stats, stats
 from .config import DEFAULT_MASK, Sender, configure, settings
-from .context import AuditContext, audit_actor, audit_context, bind_context, current_context
+from .context import (
+    AuditContext,
+    AuditScope,
+    audit_actor,
+    audit_context,
+    audit_scope,
+    bind_context,
+    current_context,
+    set_actor,
+)
 from .errors import AuditConfigError, AuditError, AuditValidationError, DeliveryError
 from .event import ActionType, AuditEvent
 from .instrument import AuditBuilder, audit
@@ -49,6 +58,7 @@ __all__ = [
     "AuditBuilder",
     "AuditConfigError",
     "AuditContext",
+    "AuditScope",
     "AuditError",
     "AuditEvent",
     "AuditStore",
@@ -64,11 +74,13 @@ __all__ = [
     "audit",
     "audit_actor",
     "audit_context",
+    "audit_scope",
     "bind_context",
     "configure",
     "current_context",
     "emit",
     "run_in_executor",
+    "set_actor",
     "settings",
     "signals",
     "stats",

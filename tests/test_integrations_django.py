@@ -6,22 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import django
 import httpx
 import pytest
-from django.conf import settings
-
-if not settings.configured:  # self-contained: no settings module, no database
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="audit-instrument-tests",
-        ALLOWED_HOSTS=["*"],
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
-        DATABASES={},
-        USE_TZ=True,
-    )
-    django.setup()
-
+import support.django_site  # noqa: F401  (configures Django)
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.handlers.asgi import ASGIHandler
 from django.http import JsonResponse, StreamingHttpResponse

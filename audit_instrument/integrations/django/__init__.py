@@ -155,12 +155,17 @@ class AuditMiddleware:
         requests = self._requests
         if requests.async_actor or requests.async_group:
             await requests.settle_async(request, scope)
-        if requests.actor is _request_user and _unloaded(request.__dict__.get("user")):
+        if _unloaded(request.__dict__.get("user")):
             auser = getattr(request, "auser", None)
             if auser is not None:
-                party = requests._party(await auser())
-                if party is not None:
-                    scope.set(actor=party)
+                # Loaded here, off the event loop's toes; request.user then holds it,
+                # so views and resolvers may read it on the loop.
+                user = await auser()
+                request.user = user
+                if requests.actor is _request_user:
+                    party = requests._party(user)
+                    if party is not None:
+                        scope.set(actor=party)
 
 
 def _keep_streaming(response: Response, scope: AuditScope) -> Response:
