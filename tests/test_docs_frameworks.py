@@ -75,7 +75,7 @@ def _django_settings(code: str) -> None:
     sys.modules.setdefault("myapp", types.ModuleType("myapp"))
     sys.modules["myapp.audit"] = myapp
     site.migrate()
-    user, _ = User.objects.get_or_create(username="user_1", defaults={"id": 1})
+    user, _ = User.objects.get_or_create(username="docs_user")
     memory = MemorySender()
     configure(memory)
     try:
