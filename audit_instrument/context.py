@@ -120,30 +120,38 @@ def resolve_party(value: object, what: str = "actor") -> Party | None:
         if len(value) != 2:
             raise AuditValidationError(what, "a tuple must be (id, name)", value)
         return _party_from(*value)
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         if "id" not in value:
             raise AuditValidationError(what, f"must be {_SHAPES}; the mapping has no 'id'", value)
-        name = next((value.get(key) for key in _NAME_KEYS if value.get(key)), None)
-        return _party_from(value.get("id"), name)
+        return _party_from(value["id"], _first_name(value.get))
     if isinstance(value, (str, int, float)) or not hasattr(value, "id"):
         raise AuditValidationError(what, f"must be {_SHAPES}", value)
-    name = next((getattr(value, key, None) for key in _NAME_KEYS if getattr(value, key, None)),
-                None)
-    return _party_from(value.id, name)
+    return _party_from(value.id, _first_name(lambda key: getattr(value, key, None)))
+
+
+def _first_name(get: Callable[[str], object]) -> object:
+    """The first of ``email``, ``name``, ``username`` that is set (else ``None``)."""
+    for key in _NAME_KEYS:
+        name = get(key)
+        if name:
+            return name
+    return None
 
 
 # -- the scope ------------------------------------------------------------------------------------
-Resolver = Callable[[], Any]
-"""A late resolver: called with no arguments when an event needs the value; ``None``: not yet."""
+Resolver = Callable[[Any], Any]
+"""A late resolver: called with the scope's ``source`` when an event needs the value;
+it returns ``None`` while the value is not known yet."""
 
 
 class AuditScope:
     """The who-and-where of one request or job: a mutable holder shared by copies of the context.
 
-    Values given here are the scope's own; ``resolve_actor`` (returning
-    ``(id, name)`` or ``None``) and ``resolve_group`` (a string or ``None``)
-    are called when an event needs the value and it is still unknown, until
-    they return one. What the scope neither has nor resolves comes from the
+    Values given here are the scope's own; ``resolve_actor(source)``
+    (returning ``(id, name)`` or ``None``) and ``resolve_group(source)`` (a
+    string or ``None``) are called when an event needs the value and it is
+    still unknown, until they return one. ``source`` is what they read —
+    for a middleware, the request. What the scope neither has nor resolves comes from the
     scope that was current when it was made.
 
     Integrations bind a scope with ``with scope:``, :meth:`run`,
@@ -153,7 +161,7 @@ class AuditScope:
 
     __slots__ = (
         "_actor", "_group", "_location", "_parent", "_resolve_actor", "_resolve_group",
-        "_token", "_user_agent",
+        "_source", "_token", "_user_agent",
     )
 
     def __init__(
@@ -165,6 +173,7 @@ class AuditScope:
         user_agent: str | None = _UNSET,
         resolve_actor: Resolver | None = None,
         resolve_group: Resolver | None = None,
+        source: object = None,
     ) -> None:
         self._parent: AuditScope | None = _current.get()
         self._actor = actor
@@ -173,6 +182,7 @@ class AuditScope:
         self._user_agent = user_agent
         self._resolve_actor = resolve_actor if actor is _UNSET else None
         self._resolve_group = resolve_group if group is _UNSET else None
+        self._source = source
         self._token: contextvars.Token[AuditScope] | None = None
 
     # -- reading ----------------------------------------------------------------------------
@@ -207,12 +217,11 @@ class AuditScope:
         if resolver is None:
             return
         try:
-            value = resolver()
-            if inspect.isawaitable(value):
-                if inspect.iscoroutine(value):
-                    value.close()  # never awaited: don't warn about it
+            value = resolver(self._source)
+            if inspect.iscoroutine(value):
+                value.close()  # never awaited: don't warn about it
                 raise AuditError(
-                    f"the {field} resolver returned an awaitable while an event was being "
+                    f"the {field} resolver returned a coroutine while an event was being "
                     "built: make it an async def (integrations await those when the request "
                     "starts) or call set_actor() once the user is known"
                 )
@@ -339,6 +348,7 @@ class _Root(AuditScope):
 
     def __init__(self) -> None:
         self._parent = self._resolve_actor = self._resolve_group = self._token = None
+        self._source = None
         self._actor = self._group = self._location = self._user_agent = None
 
     def values(self) -> tuple[str | None, str | None, str | None, str | None, str | None]:

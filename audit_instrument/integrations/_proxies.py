@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -12,6 +13,8 @@ __all__ = ["TrustedProxies"]
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAX_HOP = 64  # no IP address with port and brackets is longer: longer entries are not IPs
+_CACHED = 4096  # answers remembered per TrustedProxies
+_MAX_CACHED_HEADER = 256  # longer X-Forwarded-For headers are walked, not remembered
 
 
 def _parse_address(text: str) -> _Address | None:
@@ -47,7 +50,7 @@ class TrustedProxies:
     '192.0.2.1'
     """
 
-    __slots__ = ("_everyone", "_networks")
+    __slots__ = ("_everyone", "_networks", "_remembered_walk")
 
     def __init__(self, proxies: Iterable[str] | str = ()) -> None:
         if isinstance(proxies, str):
@@ -71,6 +74,9 @@ class TrustedProxies:
                     "(e.g. '10.0.0.1', '10.0.0.0/8', '::1', or '*')"
                 ) from None
         self._networks = tuple(networks)
+        # Parsing addresses costs more than the rest of a request's audit work, and
+        # the same proxies and clients come back request after request.
+        self._remembered_walk = functools.lru_cache(maxsize=_CACHED)(self._walk)
 
     def __bool__(self) -> bool:
         return self._everyone or bool(self._networks)
@@ -88,9 +94,15 @@ class TrustedProxies:
         ``X-Forwarded-For`` is read only when ``peer`` is trusted; it is then
         walked from the right (the hop nearest to us) past trusted proxies.
         An entry that is not an IP stops the walk at the last verified hop.
+        Answers for short headers are remembered (a few thousand).
         """
         if not forwarded_for or peer is None or not self:
             return peer
+        if len(forwarded_for) > _MAX_CACHED_HEADER:
+            return self._walk(peer, forwarded_for)
+        return self._remembered_walk(peer, forwarded_for)
+
+    def _walk(self, peer: str, forwarded_for: str) -> str:
         closest = _parse_address(peer)
         if closest is None or not self._trusted(closest):
             return peer

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .. import _stats as stats
 from ..config import settings
@@ -79,7 +79,10 @@ class RequestAudit(Generic[Req]):
     after the view's authentication where the framework allows, see Django).
     """
 
-    __slots__ = ("actor", "async_actor", "async_group", "default_actor", "group", "proxies")
+    __slots__ = (
+        "_late_actor", "_late_group", "actor", "async_actor", "async_group", "default_actor",
+        "group", "proxies",
+    )
 
     def __init__(
         self,
@@ -101,6 +104,10 @@ class RequestAudit(Generic[Req]):
         self.async_actor = inspect.iscoroutinefunction(self.actor)
         self.async_group = callable(group) and inspect.iscoroutinefunction(group)
         self.proxies = TrustedProxies(trusted_proxies)
+        # Late resolvers, bound once: a scope per request, and nothing else made for it.
+        self._late_actor = None if self.async_actor else self._actor_of
+        self._late_group = (self._group_of if callable(group) and not self.async_group
+                            else None)
 
     def scope(
         self,
@@ -111,19 +118,23 @@ class RequestAudit(Generic[Req]):
         user_agent: str | bytes | None,
     ) -> AuditScope:
         """The request's scope: client IP and user agent now, actor and group when needed."""
-        group = self.group
-        values: dict[str, Any] = {
-            "location": self.proxies.client_ip(peer, _text(forwarded_for)),
-            "user_agent": _text(user_agent),
-        }
-        if isinstance(group, str):
-            values["group"] = group
-        elif group is not None and not self.async_group:
-            values["resolve_group"] = lambda: group(request)
-        if not self.async_actor:
-            actor = self.actor
-            values["resolve_actor"] = lambda: user_party(actor(request))
-        return AuditScope(**values)
+        scope = AuditScope(
+            location=self.proxies.client_ip(peer, _text(forwarded_for)),
+            user_agent=_text(user_agent),
+            resolve_actor=self._late_actor,
+            resolve_group=self._late_group,
+            source=request,
+        )
+        if isinstance(self.group, str):
+            scope.set(group=self.group)
+        return scope
+
+    def _actor_of(self, request: Req) -> Party | None:
+        return user_party(self.actor(request))
+
+    def _group_of(self, request: Req) -> object:
+        assert callable(self.group)
+        return self.group(request)
 
     async def settle_async(self, request: Req, scope: AuditScope) -> None:
         """Await the ``async def`` resolvers (if any) and put what they found in ``scope``."""
