@@ -22,7 +22,7 @@ from ._stats import SenderStats, Stats, stats
 from .config import DEFAULT_MASK, Sender, configure, settings
 from .context import AuditContext, audit_actor, audit_context, bind_context, current_context
 from .errors import AuditConfigError, AuditError, AuditValidationError, DeliveryError
-from .event import ActionType, AuditEvent
+from .event import ActionType, AuditEvent, Target
 from .instrument import AuditBuilder, audit
 from .signals import emit
 from .store import AuditStore
@@ -59,6 +59,7 @@ __all__ = [
     "Sender",
     "SenderStats",
     "Stats",
+    "Target",
     "WorkOS",
     "__version__",
     "audit",
