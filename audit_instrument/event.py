@@ -379,8 +379,12 @@ def _build_event(
         check_text("group", group, required=True)
     if type(location) is not str or not (location.isascii() or encodable(location)):
         check_text("location", location, required=False)
-    if not (actor_name.isascii() and actor_id.isascii() and target_name.isascii()
-            and target_id.isascii() and user_agent.isascii()):
+    try:
+        plain = (actor_name.isascii() and actor_id.isascii() and target_name.isascii()
+                 and target_id.isascii() and user_agent.isascii())
+    except AttributeError:  # not a string: the checks below say which
+        plain = False
+    if not plain:
         check_text("actor_name", actor_name, required=True)
         check_text("actor_id", actor_id, required=True)
         check_text("target_name", target_name, required=True)
