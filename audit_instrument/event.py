@@ -325,11 +325,11 @@ def _mutable_twin(frozen: type) -> Any:
 
     ``_build_event`` fills a twin with plain attribute stores and then sets its
     ``__class__`` to ``frozen`` (same slots, same layout, so Python allows it):
-    the result is an ordinary frozen instance. A frozen dataclass's ``__init__``
-    sets each field with ``object.__setattr__``, about 0.16 µs a field here;
-    for the 16 fields of an event and the 4 of its target that is over half
-    the cost of an ``@audit`` call, and bench_core's guardrail (@audit with a
-    memory receiver <= 0.20x an OpenTelemetry span) breaks without the twin.
+    the result is an ordinary frozen instance. A frozen dataclass's fields can
+    only be set with ``object.__setattr__``, which for the 16 fields of an event
+    and the 4 of its target costs about 1.8 µs more per event here: an ``@audit``
+    call with a memory receiver in ``benchmarks/bench_core.py`` costs half as
+    much again without the twin, far past that benchmark's guardrail.
     tests/test_event.py checks that the slots match.
     """
     slots: tuple[str, ...] = frozen.__slots__  # type: ignore[attr-defined]
