@@ -31,7 +31,7 @@ from .context import (
     set_actor,
 )
 from .errors import AuditConfigError, AuditError, AuditValidationError, DeliveryError
-from .event import ActionType, AuditEvent
+from .event import ActionType, AuditEvent, Target
 from .instrument import AuditBuilder, audit
 from .signals import emit
 from .store import AuditStore
@@ -69,6 +69,7 @@ __all__ = [
     "Sender",
     "SenderStats",
     "Stats",
+    "Target",
     "WorkOS",
     "__version__",
     "audit",

@@ -18,24 +18,9 @@ from . import signals
 from .context import resolve_party
 from .errors import AuditConfigError
 from .event import AuditEvent
+from .rules import DEFAULT_MASK, MASKED, is_masked, set_mask  # the mask applies at build
 
-__all__ = ["DEFAULT_MASK", "Sender", "Settings", "configure", "settings"]
-
-DEFAULT_MASK: tuple[str, ...] = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "private_key",
-    "credit_card",
-)
-"""Metadata keys containing any of these (case-insensitive) are masked."""
-
-MASKED = "[masked]"
+__all__ = ["DEFAULT_MASK", "MASKED", "Sender", "Settings", "configure", "settings"]
 
 
 @runtime_checkable
@@ -57,8 +42,7 @@ class Settings:
 
     def is_masked(self, key: str) -> bool:
         """Whether metadata under ``key`` must be replaced with ``"[masked]"``."""
-        lowered = key.lower()
-        return any(pattern in lowered for pattern in self.mask)
+        return is_masked(key)
 
 
 settings = Settings()
@@ -120,14 +104,17 @@ def configure(
     Senders are held strongly (they don't vanish with their last reference).
     ``strict=True`` makes instrumentation raise :class:`AuditValidationError`
     from the business call instead of logging it — for tests and development.
-    ``mask`` lists case-insensitive substrings of metadata keys whose values
-    are replaced with ``"[masked]"`` (default :data:`DEFAULT_MASK`).
+    ``mask`` lists patterns of metadata keys whose values are replaced with
+    ``"[masked]"`` when an event is built (default :data:`DEFAULT_MASK`;
+    matching ignores case and punctuation: see :func:`rules.is_masked`).
     ``system_actor`` (an object, mapping or ``(id, name)``) is the actor of
     events built outside any :func:`audit_actor` block, for background jobs.
     Receivers connected to the signal directly are left alone.
     """
     receivers = [_receiver(sender) for sender in senders]
     actor = resolve_party(system_actor, "system_actor") if system_actor is not _UNSET else None
+    if mask is not _UNSET:
+        settings.mask = set_mask(mask)  # refuses a bad mask before anything else changes
     with _lock:
         for receiver in _connected:
             signals.event_emitted.disconnect(receiver)
@@ -139,8 +126,6 @@ def configure(
         settings.warned_no_receivers = False
         if strict is not _UNSET:
             settings.strict = bool(strict)
-        if mask is not _UNSET:
-            settings.mask = tuple(pattern.lower() for pattern in mask)
         if system_actor is not _UNSET:
             settings.system_actor = actor
 

@@ -5,6 +5,8 @@ Catch :class:`AuditError` to handle anything this library raises on purpose.
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = ["AuditConfigError", "AuditError", "AuditValidationError", "DeliveryError"]
 
 
@@ -27,14 +29,27 @@ class AuditValidationError(AuditError, ValueError):
         self.rule = rule
         message = f"{field}: {rule}"
         if value is not ...:
-            shown = repr(value)
-            if len(shown) > 80:
-                shown = shown[:77] + "..."
-            message += f" (got {shown})"
+            message += f" (got {_shown(value)})"
         super().__init__(message)
 
     def __reduce__(self) -> tuple[type[AuditValidationError], tuple[str, str]]:
         return (type(self), (self.field, self.rule))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _shown(value: object) -> str:
+    """A short repr of ``value`` that cannot fail: for error messages."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<int of {value.bit_length()} bits>"  # repr() refuses over 4300 digits
+    try:
+        shown = _REPR.repr(value)
+    except Exception:  # a broken __repr__, or one nested too deep
+        return f"<{type(value).__name__} object>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 class AuditConfigError(AuditError):

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import httpx
 
+from .._json import audit_logs_dict, legacy_dict
 from ..delivery.engine import DeliveryEngine
 from ..delivery.handle import DeliveryHandle
 from ..delivery.http import Answer
@@ -34,6 +35,7 @@ from ..delivery.outbox import Outbox
 from ..delivery.retry import RetryPolicy
 from ..errors import AuditConfigError, AuditValidationError
 from ..event import AuditEvent
+from ..rules import check_legacy
 
 __all__ = ["DEFAULT_BASE_URL", "WorkOS"]
 
@@ -98,13 +100,17 @@ def _check_base_url(base_url: str) -> str:
     )
 
 
-def _as_event(event: AuditEvent | Mapping[str, Any]) -> AuditEvent:
-    if isinstance(event, AuditEvent):
-        return event
-    if not isinstance(event, Mapping):
-        raise AuditValidationError(
-            "event", "must be an AuditEvent or a mapping like the seed's event", event)
-    return AuditEvent.from_dict(event)
+def _as_event(event: AuditEvent | Mapping[str, Any], api: str = "audit_logs") -> AuditEvent:
+    """``event`` (or the event a mapping describes), validated for ``api``'s format."""
+    if not isinstance(event, AuditEvent):
+        if not isinstance(event, Mapping):
+            raise AuditValidationError(
+                "event", "must be an AuditEvent or a mapping like AuditEvent.to_record()'s",
+                event)
+        event = AuditEvent.from_dict(event)
+    if api == "events":
+        check_legacy(event)  # refused here, in the caller, rather than cut or failed later
+    return event
 
 
 class WorkOS:
@@ -195,7 +201,7 @@ class WorkOS:
         returned handle (``.result(timeout)``, ``await``, callbacks) with
         :class:`~audit_instrument.DeliveryError` and go out on the signals.
         """
-        return self._engine.submit(_as_event(event))
+        return self._engine.submit(_as_event(event, self.api))
 
     def create_events(
         self, events: Iterable[AuditEvent | Mapping[str, Any]]
@@ -212,7 +218,7 @@ class WorkOS:
         >>> workos.flush(30)                           # doctest: +SKIP
         0
         """
-        return self._engine.submit_many([_as_event(event) for event in events])
+        return self._engine.submit_many([_as_event(event, self.api) for event in events])
 
     def send(self, event: AuditEvent) -> DeliveryHandle | None:
         """What :func:`~audit_instrument.configure` connects: ``create_event`` that never raises."""
@@ -245,9 +251,9 @@ class WorkOS:
     def body(self, event: AuditEvent) -> dict[str, Any]:
         """The JSON object sent for ``event`` under this sender's ``api``."""
         if self.api == "events":
-            return event.to_dict()
-        return event.to_audit_logs_dict(actor_type=self.actor_type, target_type=self.target_type,
-                                        version=self.version)
+            return legacy_dict(event)
+        return audit_logs_dict(event, actor_type=self.actor_type, target_type=self.target_type,
+                               version=self.version)
 
     def request_parts(self, event: AuditEvent) -> tuple[str, bytes, Mapping[str, str]]:
         """Path, JSON body and headers of the request delivering ``event``."""

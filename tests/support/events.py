@@ -7,7 +7,15 @@ from typing import Any
 
 from audit_instrument import AuditEvent
 
-__all__ = ["T0", "TWEET_UPDATE", "USER_LOGIN", "make_event"]
+__all__ = [
+    "T0",
+    "TWEET_UPDATE",
+    "TWEET_UPDATE_JSON",
+    "USER_LOGIN",
+    "make_event",
+    "tweet_update_example",
+    "user_login_example",
+]
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 """When event number 0 happened; event ``i`` happened ``i`` minutes later."""
@@ -20,6 +28,15 @@ TWEET_UPDATE: dict[str, Any] = {
     "metadata": {"body_was": "What time is the event", "body": "What time is the event?"},
 }
 """The legacy ``POST /events`` example of an update, as a dict."""
+
+TWEET_UPDATE_JSON = (
+    '{"group":"user_1","action":"tweet.update","action_type":"U",'
+    '"actor_name":"user@email.com","actor_id":"user_1",'
+    '"target_name":"user@email.com","target_id":"tweet_5","location":"",'
+    '"occurred_at":"2019-05-01T01:15:55.619355Z",'
+    '"metadata":{"body_was":"What time is the event","body":"What time is the event?"}}'
+)
+"""The body the legacy ``POST /events`` clients send for :data:`TWEET_UPDATE`, byte for byte."""
 
 USER_LOGIN: dict[str, Any] = {
     "group": "foo-corp.com", "action": "user.login", "action_type": "C",
@@ -52,3 +69,13 @@ def make_event(i: int = 0, **fields: Any) -> AuditEvent:
     }
     values.update(fields)
     return AuditEvent(**values)
+
+
+def tweet_update_example(**fields: Any) -> AuditEvent:
+    """:data:`TWEET_UPDATE` as an event; ``fields`` override any of it."""
+    return AuditEvent(**{**TWEET_UPDATE, **fields})
+
+
+def user_login_example(**fields: Any) -> AuditEvent:
+    """:data:`USER_LOGIN` as an event; ``fields`` override any of it."""
+    return AuditEvent(**{**USER_LOGIN, **fields})
