@@ -27,7 +27,7 @@ import wrapt
 from . import _stats as stats
 from . import signals
 from ._resolve import Binder, ResolverFn, make_resolver
-from .config import MASKED, settings
+from .config import settings
 from .context import current_scope, resolve_party
 from .errors import AuditValidationError
 from .event import (
@@ -84,15 +84,6 @@ def _metadata_from(label: str, value: object) -> dict[str, MetadataValue]:
     return out
 
 
-def _mask(metadata: dict[str, Any]) -> dict[str, Any]:
-    for key, value in metadata.items():
-        if settings.is_masked(key):
-            metadata[key] = MASKED
-        elif isinstance(value, Mapping):
-            metadata[key] = {k: MASKED if settings.is_masked(k) else v for k, v in value.items()}
-    return metadata
-
-
 def _target_party(target: object) -> tuple[str, str]:
     """A target as ``(id, name)``: a bare id (``str`` or ``int``) names itself."""
     if type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
@@ -143,8 +134,6 @@ def _make_event(
             "group", "required: bind one with audit_actor(..., group=), set_actor(..., group=) "
             "or the middleware's group="
         )
-    if metadata and settings.mask:
-        _mask(metadata)
     return _build_event(
         group,  # type: ignore[arg-type]
         action,

@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import AuditValidationError
 from .event import MAX_KEY_LENGTH, MetadataValue
+from .rules import MASKED, is_masked
 
 __all__ = ["Snapshot", "capture", "check_fields", "diff", "to_metadata_value"]
 
@@ -71,6 +72,8 @@ def to_metadata_value(field: str, value: object, *, nested: bool = False) -> Met
             if converted is not None:
                 out[str(key)] = converted
         return out
+    if is_masked(field.rsplit(".", 1)[-1]):
+        return MASKED  # masked anyway: never look at (or report) the value
     raise AuditValidationError(
         field,
         "must convert to str, bool, int, float, datetime or a map of those",
