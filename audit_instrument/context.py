@@ -92,13 +92,24 @@ _SHAPES = (
 )
 
 
-def _party_from(ident: object, name: object) -> Party | None:
+def _party_from(ident: object, name: object, what: str) -> Party | None:
     if ident is None or ident == "":
         return None
-    ident = ident if type(ident) is str else str(ident)
+    ident = ident if type(ident) is str else _text_of(ident, f"{what}.id")
     if not name:
         return ident, ident
-    return ident, name if type(name) is str else str(name)
+    return ident, name if type(name) is str else _text_of(name, f"{what}.name")
+
+
+def _text_of(value: object, field: str) -> str:
+    """``str(value)`` for ids and names given as ints, UUIDs and the like; never a container."""
+    rule = "must be a string, or a value such as an int or UUID that prints as one"
+    if isinstance(value, (Mapping, list, tuple, set, bytes, bytearray)):
+        raise AuditValidationError(field, rule)
+    try:
+        return str(value)
+    except Exception:  # an int too long to print, a __str__ that raises
+        raise AuditValidationError(field, rule) from None
 
 
 def resolve_party(value: object, what: str = "actor") -> Party | None:
@@ -119,14 +130,14 @@ def resolve_party(value: object, what: str = "actor") -> Party | None:
     if isinstance(value, tuple):
         if len(value) != 2:
             raise AuditValidationError(what, "a tuple must be (id, name)", value)
-        return _party_from(*value)
+        return _party_from(*value, what)
     if type(value) is dict or isinstance(value, Mapping):
         if "id" not in value:
             raise AuditValidationError(what, f"must be {_SHAPES}; the mapping has no 'id'", value)
-        return _party_from(value["id"], _first_name(value.get))
+        return _party_from(value["id"], _first_name(value.get), what)
     if isinstance(value, (str, int, float)) or not hasattr(value, "id"):
         raise AuditValidationError(what, f"must be {_SHAPES}", value)
-    return _party_from(value.id, _first_name(lambda key: getattr(value, key, None)))
+    return _party_from(value.id, _first_name(lambda key: getattr(value, key, None)), what)
 
 
 def _first_name(get: Callable[[str], object]) -> object:

@@ -78,6 +78,8 @@ def _metadata_from(label: str, value: object) -> dict[str, MetadataValue]:
         raise AuditValidationError(label, "must resolve to a mapping", value)
     out: dict[str, MetadataValue] = {}
     for key, item in value.items():
+        if not isinstance(key, str):
+            raise AuditValidationError(label, "keys must be strings", key)
         converted = to_metadata_value(f"metadata.{key}", item)
         if converted is not None:
             out[str(key)] = converted
@@ -89,10 +91,8 @@ def _target_party(target: object) -> tuple[str, str]:
     if type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
         name = target[1]
         return target[0], name if type(name) is str and name else target[0]
-    if isinstance(target, str) and target:
-        return target, target
-    if isinstance(target, int) and not isinstance(target, bool):
-        return str(target), str(target)
+    if isinstance(target, (str, int)) and not isinstance(target, bool):
+        target = (target, target)  # a bare id names itself
     party = resolve_party(target, "target")
     if party is None:
         raise AuditValidationError("target_id", "required: the target resolved to no id")

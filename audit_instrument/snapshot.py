@@ -68,6 +68,8 @@ def to_metadata_value(field: str, value: object, *, nested: bool = False) -> Met
     if isinstance(value, Mapping) and not nested:
         out: dict[str, Any] = {}
         for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditValidationError(field, "keys must be strings", key)
             converted = to_metadata_value(f"{field}.{key}", item, nested=True)
             if converted is not None:
                 out[str(key)] = converted
