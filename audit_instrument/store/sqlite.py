@@ -84,6 +84,11 @@ class SQLiteBackend:
     ) -> None:
         self.path = Path(path)
         self.location = os.fsdecode(self.path).encode("utf-8", "backslashreplace").decode()
+        try:
+            if b"\0" in os.fsencode(self.path):
+                raise ValueError("NUL byte")
+        except ValueError:  # a NUL byte, or a lone surrogate no file name can hold
+            raise AuditConfigError(f"{self.location!r}: not a usable file name") from None
         self.readonly = readonly
         self._synchronous = synchronous
         self._timeout = timeout
@@ -104,12 +109,17 @@ class SQLiteBackend:
 
     def _connect(self) -> sqlite3.Connection:
         path = self.path
-        if self.readonly:
-            if not path.is_file():
-                raise AuditConfigError(f"{self.location}: no such audit store")
-        else:
-            if path.is_dir():
-                raise AuditConfigError(f"{self.location}: is a directory, not an audit store")
+        try:
+            is_file, is_dir = path.is_file(), path.is_dir()
+        except OSError as error:  # a name too long, a loop of links
+            raise AuditConfigError(
+                f"{self.location}: cannot open the audit store ({error.strerror})"
+            ) from error
+        if self.readonly and not is_file:
+            raise AuditConfigError(f"{self.location}: no such audit store")
+        if is_dir:
+            raise AuditConfigError(f"{self.location}: is a directory, not an audit store")
+        if not self.readonly:
             _create_private(path)
         try:
             conn = self._open("ro" if self.readonly else "rw")

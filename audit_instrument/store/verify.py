@@ -170,7 +170,7 @@ def walk(
         if progress is not None and seq % _PROGRESS_EVERY == 0:
             progress(seq)
     last = expected - 1
-    head_problem = _check_head(head, last, previous, linker, seal.head_mac if seal else None)
+    head_problem = _check_head(head, last, previous)
     if head_problem:
         rows, bad_row, reason = head_problem
         return Verification(rows, bad_row, reason, keyed)
@@ -178,17 +178,25 @@ def walk(
         return Verification(
             last, targets.rest(), "in the target index but not in the table (inserted)", keyed
         )
+    if against is not None and last < against.seq:
+        return Verification(
+            last, last + 1,
+            f"{_rows_named(last + 1, against.seq)} missing: the checkpoint of "
+            f"{_when(against)} names row {against.seq} (cut off the end)", keyed,
+        )
     if seal is not None and last < seal.keyed_from - 1:
         return Verification(
             last, last + 1,
             f"{_rows_named(last + 1, seal.keyed_from - 1)} missing: the chain was keyed "
             f"after row {seal.keyed_from - 1} (cut off the end)", keyed,
         )
-    if against is not None and last < against.seq:
+    expected_mac = linker.head_mac(last, previous)
+    if expected_mac is not None and not hmac.compare_digest(
+        expected_mac, seal.head_mac if seal else ""
+    ):
         return Verification(
-            last, last + 1,
-            f"{_rows_named(last + 1, against.seq)} missing: the checkpoint of "
-            f"{_when(against)} names row {against.seq} (cut off the end)", keyed,
+            last, 0, "its MAC does not match: the head was moved (rows cut off the end or "
+            "rewritten), or the seal was edited", keyed,
         )
     if progress is not None:
         progress(last)
@@ -224,7 +232,7 @@ def _check_record(
 
 
 def _check_head(
-    head: tuple[int, str] | None, last: int, previous: str, linker: Linker, mac: str | None
+    head: tuple[int, str] | None, last: int, previous: str
 ) -> tuple[int, int, str] | None:
     """``(rows, bad_row, reason)`` if the head disagrees with the last row."""
     if head is None:
@@ -237,8 +245,4 @@ def _check_head(
                 "added after the chain head (inserted behind the store's back)")
     if head_hash != previous:
         return last, 0, f"hash does not match row {last} (edited)"
-    expected = linker.head_mac(last, previous)
-    if expected is not None and not hmac.compare_digest(expected, mac or ""):
-        return last, 0, ("its MAC does not match: the head was moved (rows cut off the end "
-                         "or rewritten), or the seal was edited")
     return None
