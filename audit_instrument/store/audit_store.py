@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from .. import signals
-from ..delivery.group_commit import GroupCommit
 from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent, format_timestamp
 from .backend import Backend, NewRow
@@ -27,6 +26,9 @@ from .checkpoint import Checkpoint
 from .query import Page, StoredEvent, check_limit, decode_cursor, encode_cursor, make_filters
 from .sqlite import SQLiteBackend
 from .verify import Verification, walk
+
+if TYPE_CHECKING:
+    from ..delivery.group_commit import GroupCommit
 
 __all__ = ["AuditStore"]
 
@@ -106,6 +108,10 @@ class AuditStore:
         except BaseException:
             self._backend.close()
             raise
+        # Imported here, not at the top: the delivery package imports httpx
+        # (~80 ms), which `import audit_instrument` must not pay.
+        from ..delivery.group_commit import GroupCommit
+
         self._commits: GroupCommit[_Pending] = GroupCommit(
             self._write, name=f"audit store {self._where}"
         )

@@ -72,8 +72,8 @@ class Snapshot(Protocol):
         """Every row in ``seq`` order."""
         ...
 
-    def targets(self) -> Iterator[TargetRow] | None:
-        """The target index in ``seq`` order, or ``None`` if this layout has none."""
+    def targets(self, *, ordered: bool) -> Iterator[TargetRow] | None:
+        """The target index (in ``seq`` order if ``ordered``), or ``None`` if there is none."""
         ...
 
 

@@ -426,14 +426,15 @@ class _Snapshot:
     def rows(self) -> Iterator[Row]:
         return iter(self._conn.execute(_ROWS))
 
-    def targets(self) -> Iterator[TargetRow] | None:
+    def targets(self, *, ordered: bool) -> Iterator[TargetRow] | None:
         exists = self._conn.execute(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'event_targets'"
         ).fetchone()
         if exists is None:  # schema 1
             return None
+        order = " ORDER BY seq, target_id" if ordered else ""
         return iter(self._conn.execute(
-            "SELECT seq, target_id, occurred_at FROM event_targets ORDER BY seq, target_id"
+            f"SELECT seq, target_id, occurred_at FROM event_targets{order}"
         ))
 
 

@@ -132,32 +132,48 @@ def walk(
                 0, None, "the checkpoint's MAC does not match the key: it was forged or "
                 "edited, or belongs to another store",
             )
+    if against is not None and against.seq == 0 and against.hash != GENESIS_HASH:
+        return Verification(0, 0, "the checkpoint names row 0 with a hash other than genesis")
     seal = snapshot.seal()
     linker = Linker(seal, key, where)
     keyed = seal is not None
     head = snapshot.head()
-    targets_rows = snapshot.targets()
-    targets = None if targets_rows is None else _TargetIndex(targets_rows)
+    # The target index is compared as a whole: an order-free sum over its entries,
+    # against the same sum over what the records say; only when they differ is it
+    # walked row by row, to name the first row whose entries are wrong.
+    indexed = snapshot.targets(ordered=False) is not None
+    expected_sum = expected_entries = 0
     previous = GENESIS_HASH
     expected = 1
-    if against is not None and against.seq == 0 and against.hash != GENESIS_HASH:
-        return Verification(0, 0, "the checkpoint names row 0 with a hash other than genesis")
+    link = linker.link
+    loads = json.loads
     for seq, *columns, record, digest in snapshot.rows():
         checked = expected - 1
         if seq != expected:
             missing = _rows_named(expected, seq - 1)
             return Verification(checked, expected, f"{missing} missing (deleted)", keyed)
         if not isinstance(record, str) or not hmac.compare_digest(
-            linker.link(seq, previous, record), str(digest)
+            link(seq, previous, record), str(digest)
         ):
             return Verification(
                 checked, seq,
                 "hash mismatch: the row was edited, or a row before it was deleted or moved",
                 keyed,
             )
-        problem = _check_record(record, columns, targets, seq)
-        if problem:
-            return Verification(checked, seq, problem, keyed)
+        try:
+            data = loads(record)
+            stored = (data["occurred_at"], data["action"], data["actor_id"],
+                      data["target_id"], data["group"], data["idempotency_key"])
+            ids = record_targets(data)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return Verification(checked, seq, "the hashed record is not a valid event", keyed)
+        if tuple(columns) != stored:
+            return Verification(checked, seq, _edited_column(columns, stored), keyed)
+        if indexed:
+            occurred_at = stored[0]
+            for target_id in ids:
+                expected_sum += hash((seq, target_id, occurred_at))
+            expected_entries += len(ids)
         if against is not None and seq == against.seq and digest != against.hash:
             return Verification(
                 checked, seq,
@@ -174,10 +190,9 @@ def walk(
     if head_problem:
         rows, bad_row, reason = head_problem
         return Verification(rows, bad_row, reason, keyed)
-    if targets is not None and targets.rest() is not None:
-        return Verification(
-            last, targets.rest(), "in the target index but not in the table (inserted)", keyed
-        )
+    if indexed and _index_sum(snapshot) != (expected_sum, expected_entries):
+        bad_row, reason = _first_bad_target_row(snapshot)
+        return Verification(min(last, bad_row - 1), bad_row, reason, keyed)
     if against is not None and last < against.seq:
         return Verification(
             last, last + 1,
@@ -203,32 +218,40 @@ def walk(
     return Verification(last, keyed=keyed)
 
 
-def _when(checkpoint: Checkpoint) -> str:
-    return format_timestamp(checkpoint.at)[:19] + "Z"
-
-
-def _check_record(
-    record: str, columns: list[Any], targets: _TargetIndex | None, seq: int
-) -> str:
-    """Why the row's columns or target entries disagree with its record ("" if they agree)."""
-    try:
-        data = json.loads(record)
-        stored = tuple(data[name] for name in _COLUMNS)
-        ids = record_targets(data)
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return "the hashed record is not a valid event"
+def _edited_column(columns: list[Any], stored: tuple[Any, ...]) -> str:
     for name, column, value in zip(_COLUMNS, columns, stored, strict=True):
         if column != value:
             return f"column {name} was edited (the hashed event says {value!r})"
-    if targets is not None:
-        found, orphan = targets.take(seq)
+    return "a column was edited"
+
+
+def _index_sum(snapshot: Snapshot) -> tuple[int, int]:
+    total = entries = 0
+    for seq, target_id, occurred_at in snapshot.targets(ordered=False) or ():
+        total += hash((seq, target_id, occurred_at))
+        entries += 1
+    return total, entries
+
+
+def _first_bad_target_row(snapshot: Snapshot) -> tuple[int, str]:
+    """The first row whose target entries differ from its record, and how."""
+    entries = _TargetIndex(iter(snapshot.targets(ordered=True) or ()))
+    for seq, *_, record, _digest in snapshot.rows():
+        data = json.loads(record)  # parsed once already: it is valid
+        found, orphan = entries.take(seq)
         if orphan is not None:
-            return f"the target index names row {orphan}, which is not in the table"
-        wanted = {(target_id, data["occurred_at"]) for target_id in ids}
+            return orphan, "in the target index, but there is no such row (inserted)"
+        wanted = {(target_id, data["occurred_at"]) for target_id in record_targets(data)}
         if found != wanted:
-            return (f"the target index was edited (it has {sorted(found)!r}; "
-                    f"the hashed event says {sorted(wanted)!r})")
-    return ""
+            return seq, (f"the target index was edited (it has {sorted(found)!r}; "
+                         f"the hashed event says {sorted(wanted)!r})")
+    rest = entries.rest()
+    assert rest is not None  # the sums differ, so some entry is wrong
+    return rest, "in the target index, but there is no such row (inserted)"
+
+
+def _when(checkpoint: Checkpoint) -> str:
+    return format_timestamp(checkpoint.at)[:19] + "Z"
 
 
 def _check_head(
