@@ -25,11 +25,14 @@ group commit pays off; ``NORMAL`` (the default: survives a crash of the
 process) has no fsync per commit, so there the figure is the store's
 overhead per event. The last lines time ``verify`` (SQLite's integrity
 check, the schema check and the chain walk) on each round's NORMAL stores.
+The cost of an fsync on the same disk, probed each round, is printed too:
+group commit saves fsyncs, so the FULL ratios grow with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import statistics
 import sys
@@ -37,13 +40,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from audit_instrument import AuditEvent
+from audit_instrument import ActionType, AuditEvent
 from audit_instrument.event import format_timestamp
 from audit_instrument.store import AuditStore, canonical_json, chain_hash
 
 EVENTS = {"NORMAL": 4000, "FULL": 1200}
-CHUNK = 200
+CHUNK = 100
 THREADS = 8
 KEY = "bench-store-key-0123456789abcdef"
 
@@ -51,7 +55,7 @@ KEY = "bench-store-key-0123456789abcdef"
 def _events(n: int, tag: str) -> list[AuditEvent]:
     return [
         AuditEvent(
-            group="organization_1", action="tweet.update", action_type="U",
+            group="organization_1", action="tweet.update", action_type=ActionType.UPDATE,
             actor_name="user@email.com", actor_id=f"user_{i % 50}",
             target_name="user@email.com", target_id=f"tweet_{i}", location="203.0.113.5",
             metadata={"body_was": "What time is the event", "body": "What time is the event?"},
@@ -63,6 +67,8 @@ def _events(n: int, tag: str) -> list[AuditEvent]:
 
 class Naive:
     """One thread, one transaction per event, the same chain and schema."""
+
+    commits = 0
 
     def __init__(self, path: Path, synchronous: str) -> None:
         AuditStore(path).close()  # the same schema, indexes and trigger
@@ -85,6 +91,7 @@ class Naive:
             )
             conn.execute("UPDATE chain SET seq = ?, hash = ? WHERE id = 1", (seq + 1, digest))
             conn.execute("COMMIT")
+            self.commits += 1
 
     def close(self) -> None:
         self.conn.close()
@@ -96,6 +103,15 @@ class Store:
     def __init__(self, path: Path, synchronous: str, threads: int, key: str | None) -> None:
         self.store = AuditStore(path, synchronous=synchronous, key=key)  # type: ignore[arg-type]
         self.threads = threads
+        self.commits = 0
+        backend = self.store._backend  # counted, to show how many events share a commit
+        append = backend.append
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.commits += 1
+            return append(*args, **kwargs)
+
+        backend.append = counted  # type: ignore[method-assign]
 
     def write(self, events: list[AuditEvent]) -> None:
         if self.threads == 1:
@@ -120,6 +136,8 @@ class Store:
         self.store.close()
 
 
+Figures = dict[str, dict[str, list[float]]]  # level -> variant -> one figure per round
+
 VARIANTS: dict[str, tuple[int, str | None]] = {  # name: (threads, key); 0 threads = naive
     "naive, 1 thread": (0, None),
     "AuditStore.send, 1 thread": (1, None),
@@ -128,8 +146,8 @@ VARIANTS: dict[str, tuple[int, str | None]] = {  # name: (threads, key); 0 threa
 }
 
 
-def _round(tmp: Path, label: str, synchronous: str) -> dict[str, float]:
-    """One round at one level: events/s of each variant, their turns interleaved."""
+def _round(tmp: Path, label: str, synchronous: str) -> dict[str, tuple[float, float]]:
+    """One round at one level: (events/s, events per commit) of each variant, in turns."""
     count = EVENTS[synchronous]
     writers: dict[str, Naive | Store] = {}
     events: dict[str, list[AuditEvent]] = {}
@@ -154,7 +172,23 @@ def _round(tmp: Path, label: str, synchronous: str) -> dict[str, float]:
         with AuditStore(tmp / f"{label}-{synchronous}-{number}.db", readonly=True,
                         key=key) as check:
             assert check.count() == count and check.head().seq == count
-    return {name: count / seconds for name, seconds in spent.items()}
+    return {name: (count / seconds, count / writers[name].commits)
+            for name, seconds in spent.items()}
+
+
+def _fsync_ms(tmp: Path, times: int = 30) -> float:
+    """The median cost of one small write and fsync in ``tmp``: what a FULL commit waits for."""
+    took = []
+    fd = os.open(tmp / "fsync-probe", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        for _ in range(times):
+            os.write(fd, b"x" * 512)
+            began = time.perf_counter()
+            os.fsync(fd)
+            took.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+    return statistics.median(took) * 1000
 
 
 def _verify_rate(path: Path, key: str | None) -> float:
@@ -168,33 +202,42 @@ def _verify_rate(path: Path, key: str | None) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Audit store write throughput.")
-    parser.add_argument("--rounds", type=int, default=5, help="counted rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="counted rounds (default 7)")
     parser.add_argument("--dir", help="where the files go (default: a temporary directory)")
     args = parser.parse_args(argv)
-    rates = {level: {name: [] for name in VARIANTS} for level in EVENTS}
-    ratios = {level: {name: [] for name in VARIANTS} for level in EVENTS}
+    rates: Figures = {level: {name: [] for name in VARIANTS} for level in EVENTS}
+    ratios: Figures = {level: {name: [] for name in VARIANTS} for level in EVENTS}
+    per_commit: Figures = {level: {name: [] for name in VARIANTS} for level in EVENTS}
     verify: dict[str, list[float]] = {"unkeyed": [], "keyed": []}
+    fsync: list[float] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
+            if round_:
+                fsync.append(_fsync_ms(Path(tmp)))
             for level in EVENTS:
                 found = _round(Path(tmp), str(round_), level)
                 if not round_:
                     continue
-                for name, rate in found.items():
+                for name, (rate, shared) in found.items():
                     rates[level][name].append(rate)
-                    ratios[level][name].append(rate / found["naive, 1 thread"])
+                    ratios[level][name].append(rate / found["naive, 1 thread"][0])
+                    per_commit[level][name].append(shared)
             if round_:
                 verify["unkeyed"].append(_verify_rate(Path(tmp) / f"{round_}-NORMAL-1.db", None))
                 verify["keyed"].append(_verify_rate(Path(tmp) / f"{round_}-NORMAL-3.db", KEY))
     print(f"{args.rounds} rounds (+1 warm-up); events per variant and round: "
           f"NORMAL {EVENTS['NORMAL']}, FULL {EVENTS['FULL']}, in turns of {CHUNK}; "
           f"SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]}")
-    print(f"{'synchronous / variant':<44} {'events/s':>9} {'x naive':>8} {'ratio range':>13}")
+    print(f"fsync of the disk under test: median {statistics.median(fsync):.2f} ms "
+          f"(per-round medians {min(fsync):.2f}-{max(fsync):.2f} ms)")
+    print(f"{'synchronous / variant':<44} {'events/s':>9} {'x naive':>8} {'ratio range':>13}"
+          f" {'events/commit':>14}")
     for level in EVENTS:
         for name in VARIANTS:
-            found = ratios[level][name]
+            spread = ratios[level][name]
             print(f"{level:<7} {name:<36} {statistics.median(rates[level][name]):>9,.0f} "
-                  f"{statistics.median(found):>7.2f}x {min(found):>6.2f}-{max(found):.2f}x")
+                  f"{statistics.median(spread):>7.2f}x {min(spread):>6.2f}-{max(spread):.2f}x"
+                  f" {statistics.median(per_commit[level][name]):>14.1f}")
     for kind, found_rates in verify.items():
         print(f"verify, {kind}, {EVENTS['NORMAL']} rows: {statistics.median(found_rates):,.0f} "
               f"rows/s (range {min(found_rates):,.0f}-{max(found_rates):,.0f})")
