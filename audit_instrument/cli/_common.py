@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import AuditConfigError
@@ -19,9 +21,12 @@ __all__ = [
     "Commands",
     "Parser",
     "add_db_argument",
+    "add_key_argument",
+    "display_path",
     "open_store",
     "page_size",
     "parse_when",
+    "printable",
 ]
 
 DEFAULT_DB = "audit.db"
@@ -42,7 +47,7 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage dump) and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, printable(f"{self.prog}: error: {message} (see --help)\n"))
 
 
 if TYPE_CHECKING:
@@ -59,21 +64,31 @@ def add_db_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on any terminal encoding: undecodable bytes of
+    arguments (lone surrogates) shown as escapes instead of failing."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse_when(text: str) -> datetime:
     """An argparse type: ISO 8601 date/time (naive = UTC) or an age like ``30m``, ``7d``."""
     value = text.strip()
     match = _AGE.fullmatch(value)
-    if match:
-        amount, unit = match.groups()
-        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
     try:
+        if match:
+            amount, unit = match.groups()
+            return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
         when = datetime.fromisoformat(value)
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"out of range: dates go from year 1 to 9999 (got {text!r})"
+        ) from None
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a date/time like 2026-01-31 or 2026-01-31T12:00Z, or an age like "
             f"30m, 2h, 7d (got {text!r})"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def page_size(text: str) -> int:
@@ -87,16 +102,43 @@ def page_size(text: str) -> int:
     return value
 
 
-def open_store(path: str, *, readonly: bool = True) -> AuditStore:
+def add_key_argument(parser: argparse.ArgumentParser) -> None:
+    """``--key-file``: where the key of a keyed store is read from."""
+    parser.add_argument(
+        "--key-file", metavar="PATH",
+        help="read the store's key from this file (default: the AUDIT_STORE_KEY variable)",
+    )
+
+
+def _read_key(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes().rstrip(b"\r\n")
+    except OSError as error:
+        raise CommandError(
+            f"{display_path(path)}: cannot read the key file ({error.strerror})"
+        ) from error
+    except ValueError:  # a NUL byte, or text no file name can hold
+        raise CommandError(f"{display_path(path)}: not a usable file name") from None
+
+
+def open_store(
+    path: str, *, readonly: bool = True, key_file: str | None = None
+) -> AuditStore:
     """Open the store at ``path``; a missing or foreign file is a :class:`CommandError`."""
     from ..store import AuditStore
 
+    key = None if key_file is None else _read_key(key_file)
     try:
-        return AuditStore(path, readonly=readonly)
+        return AuditStore(path, readonly=readonly, key=key)
     except AuditConfigError as error:
         raise CommandError(str(error)) from error
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A file name as printed in output lines."""
+    return printable(os.fsdecode(path))
+
+
 def fail(prog: str, message: str) -> None:
     """Print ``message`` as the one error line on stderr."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(printable(f"{prog}: error: {message}"), file=sys.stderr)

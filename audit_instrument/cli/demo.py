@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..store import StoredEvent
-from ._common import DEFAULT_DB, CommandError, Commands, open_store
+from ._common import DEFAULT_DB, CommandError, Commands, display_path, open_store
 from ._table import render
 
 __all__ = ["register", "run"]
@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 jsonl = JsonlSender(args.jsonl)
             except OSError as error:
-                raise CommandError(f"{args.jsonl}: cannot write ({error.strerror})") from error
+                raise CommandError(
+                    f"{display_path(args.jsonl)}: cannot write ({error.strerror})"
+                ) from error
             senders.append(jsonl)
         try:
             events = run_demo(*senders)
@@ -73,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         for item in found:
             print(json.dumps(item.event.to_record(), ensure_ascii=False, separators=(",", ":")))
         return 0
-    db = shlex.quote(str(args.db))
-    where = f"{args.db}" + ("" if jsonl is None else f" and {args.jsonl}")
+    db = shlex.quote(display_path(args.db))
+    where = display_path(args.db) + ("" if jsonl is None else f" and {display_path(args.jsonl)}")
     print(f"Recorded {len(found)} events of the tweet service demo in {where}:\n")
     print(render(found))
     prog = getattr(args, "prog", "audit-instrument")

@@ -25,7 +25,9 @@ def register(commands: Commands) -> None:
     add_db_argument(parser)
     parser.add_argument("--actor", metavar="ID", help="only events by this actor id")
     parser.add_argument("--action", metavar="NAME", help="only this action, e.g. tweet.update")
-    parser.add_argument("--target", metavar="ID", help="only events on this target id")
+    parser.add_argument(
+        "--target", metavar="ID", help="only events on this target id (any of their targets)"
+    )
     parser.add_argument("--group", metavar="ID", help="only events of this group (organization)")
     parser.add_argument(
         "--since", metavar="WHEN", type=parse_when,
