@@ -36,7 +36,7 @@ from ._common import CommandError, Commands, Parser, fail
 __all__ = ["CommandError", "Commands", "build_parser", "main"]
 
 PROG = "audit-instrument"
-_ORDER = ("demo", "events", "verify", "outbox", "send")
+_ORDER = ("demo", "events", "verify", "checkpoint", "outbox", "send")
 
 
 def _command_modules() -> list[str]:

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._json import canonical_json
 from ..errors import AuditConfigError
-from ..event import AuditEvent
 
 __all__ = [
     "GENESIS_HASH",
@@ -54,13 +53,6 @@ KEY_ENV = "AUDIT_STORE_KEY"
 
 _MIN_KEY_BYTES = 16
 _KEY_ID_INPUT = b"audit_instrument store key id"
-
-
-def canonical_json(event: AuditEvent) -> str:
-    """The text a row stores and hashes: ``to_record()``, sorted keys, no spaces."""
-    return json.dumps(
-        event.to_record(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
 
 
 def chain_hash(previous: str, record: str) -> str:
