@@ -83,3 +83,33 @@ def test_close_commits_what_is_queued_then_refuses() -> None:
     assert table.rows == ["a"]
     with pytest.raises(AuditError, match="closed"):
         commits.submit(["b"])
+
+
+def test_an_error_of_the_database_itself_fails_the_batch_without_retries() -> None:
+    attempts: list[int] = []
+    release = threading.Event()
+
+    def write(items: list[str]) -> None:
+        attempts.append(len(items))
+        release.wait(5)
+        raise TimeoutError("database is locked")
+
+    commits = GroupCommit(write, name="test",
+                          retry_alone=lambda error: not isinstance(error, TimeoutError))
+    failures: list[Exception] = []
+
+    def writer(n: int) -> None:
+        try:
+            commits.submit([f"e{n}"])
+        except TimeoutError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: commits.queued == 7 or len(attempts) > 1)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert len(failures) == 8
+    assert attempts == [1, 7]  # the first alone, then the seven queued behind it: no retries
