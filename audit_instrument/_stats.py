@@ -18,6 +18,7 @@ many, and the last message) at most once a minute.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -35,8 +36,33 @@ SUMMARY_INTERVAL = 60.0
 _MAX_CAUSES = 1000  # distinct causes remembered; later new ones are counted under "other"
 
 _lock = threading.Lock()
-_built = 0
-_emitted = 0
+
+
+class _Counter:
+    """A counter bumped without a lock on the hot path.
+
+    ``bump`` is ``itertools.count().__next__``: one C call, atomic under the
+    GIL (a lock would cost more than the rest of counting an event, as
+    ``benchmarks/bench_core.py`` shows). Reading also advances the count, so
+    :meth:`value` subtracts its own reads.
+    """
+
+    __slots__ = ("_count", "_reads", "bump")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self.bump = self._count.__next__
+        self._reads = 0
+
+    def value(self) -> int:
+        """Bumps so far (call with ``_lock`` held: reads are counted under it)."""
+        seen = next(self._count) - self._reads
+        self._reads += 1
+        return seen
+
+
+_built = _Counter()
+_emitted = _Counter()
 _invalid: dict[str, int] = {}
 _senders: dict[str, list[int]] = {}  # name -> [delivered, failed, dropped]
 _failures: dict[str, _Cause] = {}
@@ -92,8 +118,8 @@ def stats() -> Stats:
     """
     with _lock:
         return Stats(
-            built=_built,
-            emitted=_emitted,
+            built=_built.value(),
+            emitted=_emitted.value(),
             invalid=dict(_invalid),
             senders={name: SenderStats(*counts) for name, counts in _senders.items()},
             failures={cause: entry.count for cause, entry in _failures.items()},
@@ -101,13 +127,10 @@ def stats() -> Stats:
 
 
 # -- counting (called by the library) ---------------------------------------------------------
-def count_emitted(*, built: bool) -> None:
-    """One event was handed to the senders; ``built`` by instrumentation, or not."""
-    global _built, _emitted
-    with _lock:
-        _emitted += 1
-        if built:
-            _built += 1
+count_built = _built.bump
+"""One event was built by instrumentation (``count_built()``)."""
+count_emitted = _emitted.bump
+"""One event was handed to the senders (``count_emitted()``)."""
 
 
 def count_invalid(cause: str) -> None:
@@ -211,9 +234,10 @@ def note_failure(
 
 def _reset() -> None:
     """Forget every counter (tests)."""
-    global _built, _emitted
+    global _built, _emitted, count_built, count_emitted
     with _lock:
-        _built = _emitted = 0
+        _built, _emitted = _Counter(), _Counter()
+        count_built, count_emitted = _built.bump, _emitted.bump
         _invalid.clear()
         _senders.clear()
         _failures.clear()

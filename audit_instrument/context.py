@@ -186,13 +186,20 @@ class AuditScope:
         resolve_group: Resolver | None = None,
         source: object = None,
     ) -> None:
-        self._parent: AuditScope | None = _current.get()
+        parent: AuditScope | None = _current.get()
+        if parent is _ROOT:  # nothing outside to inherit: what is not given is None
+            parent = None
+            actor = None if actor is _UNSET else actor
+            group = None if group is _UNSET else group
+            location = None if location is _UNSET else location
+            user_agent = None if user_agent is _UNSET else user_agent
+        self._parent = parent
         self._actor = actor
         self._group = group
         self._location = location
         self._user_agent = user_agent
-        self._resolve_actor = resolve_actor if actor is _UNSET else None
-        self._resolve_group = resolve_group if group is _UNSET else None
+        self._resolve_actor = resolve_actor if actor is _UNSET or actor is None else None
+        self._resolve_group = resolve_group if group is _UNSET or group is None else None
         self._source = source
         self._token: contextvars.Token[AuditScope] | None = None
 
@@ -375,9 +382,8 @@ _current: contextvars.ContextVar[AuditScope] = contextvars.ContextVar(
 )
 
 
-def current_scope() -> AuditScope:
-    """The scope events built here take their actor, group and location from."""
-    return _current.get()
+current_scope = _current.get
+"""``current_scope()``: the scope events built here take their actor, group and location from."""
 
 
 def current_context() -> AuditContext:

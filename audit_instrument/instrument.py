@@ -88,9 +88,6 @@ def _metadata_from(label: str, value: object) -> dict[str, MetadataValue]:
 
 def _target_party(target: object) -> tuple[str, str]:
     """A target as ``(id, name)``: a bare id (``str`` or ``int``) names itself."""
-    if type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
-        name = target[1]
-        return target[0], name if type(name) is str and name else target[0]
     if isinstance(target, (str, int)) and not isinstance(target, bool):
         target = (target, target)  # a bare id names itself
     party = resolve_party(target, "target")
@@ -126,7 +123,14 @@ def _make_event(
             "required: no actor is known here; bind one with audit_actor(...) or set_actor(...) "
             "(the web middleware does it per request), pass actor=, or configure(system_actor=...)",
         )
-    target_id, target_name = (actor_id, actor_name) if target is None else _target_party(target)
+    if target is None:
+        target_id, target_name = actor_id, actor_name
+    elif type(target) is tuple and len(target) == 2 and type(target[0]) is str and target[0]:
+        target_id, target_name = target  # the usual (id, name)
+        if type(target_name) is not str or not target_name:
+            target_name = target_id
+    else:
+        target_id, target_name = _target_party(target)
     if group is None:
         group = scope_group
     if group is None:

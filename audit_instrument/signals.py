@@ -81,32 +81,30 @@ class _Receivers:
     send asks blinker.
     """
 
-    __slots__ = ("_count", "_kept", "_signal")
+    __slots__ = ("count", "kept", "signal")
 
     def __init__(self, signal: NamedSignal) -> None:
-        self._signal = signal
-        self._kept: tuple[Any, ...] | None = None
-        self._count = 0
+        self.signal = signal
+        self.kept: tuple[Any, ...] | None = None
+        self.count = 0
         signal.receiver_connected.connect(self._forget, weak=False)
 
     def _forget(self, *args: Any, **kwargs: Any) -> None:
-        self._kept = None
+        self.kept = None
 
-    def of(self, sender: Any) -> tuple[Any, ...]:
-        signal = self._signal
-        kept = self._kept
-        if kept is not None and self._count == len(signal.receivers):
-            return kept
+    def find(self, sender: Any) -> tuple[Any, ...]:
+        """Ask blinker (and keep the answer when it holds for every sender)."""
+        signal = self.signal
         found = tuple(signal.receivers_for(sender))
         everyone = tuple(signal.receivers_for(_NOBODY))
         strong = not any(isinstance(r, weakref.ref) for r in signal.receivers.values())
         if strong and len(everyone) == len(signal.receivers):
-            self._kept, self._count = everyone, len(everyone)
+            self.kept, self.count = everyone, len(everyone)
         return found
 
 
 _NOBODY = object()  # a sender no receiver is connected to
-_receivers: dict[str, _Receivers] = {}
+_receivers: dict[NamedSignal, _Receivers] = {}
 
 
 def dispatch(signal: NamedSignal, sender: Any, **kwargs: Any) -> int:
@@ -117,11 +115,14 @@ def dispatch(signal: NamedSignal, sender: Any, **kwargs: Any) -> int:
     """
     if not signal.receivers:
         return 0
-    receivers = _receivers.get(signal.name)
-    if receivers is None or receivers._signal is not signal:
-        receivers = _receivers[signal.name] = _Receivers(signal)
+    receivers = _receivers.get(signal)
+    if receivers is None:
+        receivers = _receivers[signal] = _Receivers(signal)
+    kept = receivers.kept
+    if kept is None or receivers.count != len(signal.receivers):
+        kept = receivers.find(sender)
     failures = 0
-    for receiver in receivers.of(sender):
+    for receiver in kept:
         try:
             receiver(sender, **kwargs)
         except Exception as error:
@@ -144,13 +145,14 @@ def emit(event: AuditEvent) -> None:
     """
     if not isinstance(event, AuditEvent):
         raise TypeError(f"emit() takes an AuditEvent, not {type(event).__name__}")
-    stats.count_emitted(built=False)
+    stats.count_emitted()
     dispatch(event_emitted, event)
 
 
 def emit_built(event: AuditEvent) -> None:
     """:func:`emit` for an event instrumentation just built (counted as built too)."""
-    stats.count_emitted(built=True)
+    stats.count_built()
+    stats.count_emitted()
     dispatch(event_emitted, event)
 
 
