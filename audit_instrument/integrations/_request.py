@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
 from .. import _stats as stats
+from .._party import Party, resolve_party
 from ..config import settings
-from ..context import AuditScope, Party, resolve_party
+from ..context import AuditScope
 from ..errors import AuditConfigError
 from ._proxies import TrustedProxies
 
