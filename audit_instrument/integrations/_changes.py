@@ -106,6 +106,8 @@ class ModelAudit:
             raise AuditConfigError(f"audit_model({model.__name__}): category must be a "
                                    f"non-empty string, not {category!r}")
         try:
+            if "." in self.category:
+                raise ValueError(self.category)
             self.actions = {
                 kind: validate_action(f"{self.category}.{kind}")
                 for kind in ("create", "update", "delete")

@@ -43,6 +43,7 @@ from sqlalchemy.orm import (
     SessionTransaction,
     UOWTransaction,
 )
+from sqlalchemy.orm.attributes import History, set_committed_value
 
 from .. import _stats as stats
 from ..config import settings
@@ -66,6 +67,7 @@ __all__ = ["audit_model"]
 _PLANS: dict[type, _Plan] = {}
 _FOUND: dict[type, _Plan | None] = {}  # class -> its plan or an audited base's (cache)
 _FLUSHED = "audit_instrument.flushed"  # session.info: (kind, state) written by this flush
+_OLD = "audit_instrument.old"  # session.info: {state: stored values of attrs set while expired}
 _HELD = "audit_instrument.held"  # session.info: {transaction: events it would commit}
 _RELEASED = "audit_instrument.released"  # session.info: savepoints released, not yet closed
 _CHUNK = 500  # primary keys per "IN (...)" of a read-back
@@ -173,8 +175,10 @@ class _Plan:
         return build_events(self.audit, kind, target_id,
                             self.name_of_row(after, target_id), metadata)
 
-    def flush_events(self, kind: str, state: InstanceState[Any]) -> list[AuditEvent]:
-        """Events of one object the unit of work inserted, updated or deleted."""
+    def flush_events(self, kind: str, state: InstanceState[Any],
+                     old: Mapping[str, Any]) -> list[AuditEvent]:
+        """Events of one object the unit of work inserted, updated or deleted; ``old`` holds
+        stored values of attributes assigned while expired."""
         lists: list[tuple[str, list[str]]] = []
         if kind == "create":
             metadata = created({key: state.dict.get(key) for key in self.columns})
@@ -183,7 +187,8 @@ class _Plan:
                 if added:
                     lists.append((key, id_texts(self.pk_of_state(inspect(obj)) for obj in added)))
         elif kind == "delete":
-            metadata = deleted({key: _committed(state, key) for key in self.columns})
+            metadata = deleted({key: old[key] if key in old else _committed(state, key)
+                                for key in self.columns})
         else:
             before: dict[str, Any] = {}
             after: dict[str, Any] = {}
@@ -192,6 +197,8 @@ class _Plan:
                 if history.added or history.deleted:
                     if history.deleted:
                         before[key] = history.deleted[0]
+                    elif key in old:
+                        before[key] = old[key]
                     after[key] = history.added[0] if history.added else None
             metadata = changed(before, after)
             for key in self.relations:
@@ -275,15 +282,9 @@ def _configure(mapper: Mapper[Any], options: dict[str, Any]) -> None:
     _FOUND.clear()
     if not new:
         return
-    for key in plan.columns:  # ask for the old value of a column even when it is not loaded
-        event.listen(getattr(mapper.class_, key), "set", _keep_old, active_history=True)
     for kind, name in (("create", "after_insert"), ("update", "after_update"),
                        ("delete", "after_delete")):
         event.listen(mapper, name, _recorder(kind), propagate=True)
-
-
-def _keep_old(target: object, value: object, old: object, initiator: object) -> None:
-    """A no-op: being registered with ``active_history`` is what makes old values known."""
 
 
 def _install() -> None:
@@ -311,30 +312,68 @@ def _recorder(kind: str) -> Any:
 
 
 def _before_flush(session: Session, context: UOWTransaction, instances: object) -> None:
-    """Start this flush's list; load what a delete event shows of objects that are expired."""
+    """Start this flush's list, and read the stored values events need but objects lack."""
     session.info[_FLUSHED] = []  # left over from a flush that failed: that work was not done
-    if not session.deleted:
-        return
+    session.info[_OLD] = {}
     from .. import signals
 
-    if not signals.event_emitted.receivers:
-        return
-    for obj in session.deleted:
+    if signals.event_emitted.receivers and (session.dirty or session.deleted):
+        _read_old_values(session)
+
+
+def _read_old_values(session: Session) -> None:
+    """Read, in this transaction, what update and delete events show but objects don't hold.
+
+    An expired attribute (after a commit, ``expire()``) is loaded as usual
+    (``set_committed_value``): a foreign key the flush is about to change
+    through a relationship then shows its old id. An attribute assigned
+    while expired has no old value in its history: that is kept aside for
+    the event. Reading here, inside the flush, also works for
+    ``AsyncSession``, which cannot load attributes when they are set.
+    """
+    wanted: dict[_Plan, list[tuple[InstanceState[Any], set[str], set[str]]]] = {}
+    for obj in (*session.dirty, *session.deleted):
         plan = _plan_of(type(obj))
-        if plan is not None:
-            for key in inspect(obj).unloaded & plan.loaded:
-                getattr(obj, key)  # loads every expired attribute with the first
+        if plan is None:
+            continue
+        state = inspect(obj)
+        if state.key is None:
+            continue
+        unloaded = set(state.unloaded & plan.loaded)
+        overwritten = {key for key in plan.columns if key in state.dict
+                       and _old_unknown(state.attrs[key].history)}
+        if unloaded or overwritten:
+            wanted.setdefault(plan, []).append((state, unloaded, overwritten))
+    old: dict[InstanceState[Any], dict[str, Any]] = session.info[_OLD]
+    for plan, items in wanted.items():
+        states = {tuple(state.key[1]): (state, unloaded, overwritten)  # type: ignore[index]
+                  for state, unloaded, overwritten in items}
+        pks = list(states)
+        for start in range(0, len(pks), _CHUNK):
+            query = plan.select(plan.pk_in(pks[start:start + _CHUNK]))
+            for row in session.execute(query):
+                state, unloaded, overwritten = states[tuple(row[:len(plan.pk_keys)])]
+                values = row._mapping
+                obj = state.obj()
+                for key in unloaded:
+                    set_committed_value(obj, key, values[key])
+                old[state] = {key: values[key] for key in overwritten}
+
+
+def _old_unknown(history: History) -> bool:
+    return bool(history.added) and not history.deleted and not history.unchanged
 
 
 def _after_flush(session: Session, context: UOWTransaction) -> None:
     written: list[tuple[str, InstanceState[Any]]] = session.info.pop(_FLUSHED, None) or []
     if not written or not capturing():
         return
+    old: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_OLD) or {}
     events: list[AuditEvent] = []
     for kind, state in written:
         plan = _plan_of(state.class_)
         if plan is not None:
-            events.extend(plan.flush_events(kind, state))
+            events.extend(plan.flush_events(kind, state, old.get(state, {})))
     _hold(session, events)
 
 
