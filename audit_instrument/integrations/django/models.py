@@ -80,7 +80,7 @@ _recording: contextvars.ContextVar[bool] = contextvars.ContextVar(
 class _Plan:
     """What capture needs to know about one audited model."""
 
-    __slots__ = ("audit", "fields", "model", "pk")
+    __slots__ = ("_readers", "audit", "fields", "model", "pk")
 
     def __init__(self, model: type, options: dict[str, Any]) -> None:
         meta = model._meta  # type: ignore[attr-defined]
@@ -97,6 +97,7 @@ class _Plan:
             **options,
         )
         self.fields: dict[str, Any] = {key: concrete[key] for key in self.audit.columns}
+        self._readers: dict[tuple[str, tuple[str, ...]], _RowReader] = {}
 
     def keys(self, names: Iterable[str] | None) -> list[str]:
         """The audited attnames among field names or attnames (all of them for ``None``)."""
@@ -125,6 +126,14 @@ class _Plan:
                         pass
                 out[key] = value
         return out
+
+    def read_one(self, using: str, pk: Any, keys: Sequence[str]) -> dict[str, Any] | None:
+        """The stored values of ``keys`` of the row ``pk`` (``None`` if there is none)."""
+        wanted = (using, tuple(keys))
+        reader = self._readers.get(wanted)
+        if reader is None:
+            reader = self._readers[wanted] = _RowReader(self.model, using, keys)
+        return reader.read(pk)
 
     def read(self, using: str, pks: Sequence[Any], keys: Sequence[str],
              *, lock: bool = False) -> dict[Any, dict[str, Any]]:
@@ -158,6 +167,50 @@ class _Plan:
                lists: Sequence[tuple[str, Sequence[str]]] = ()) -> list[AuditEvent]:
         target_id, name = self.target(instance, instance.pk)
         return build_events(self.audit, kind, target_id, name, metadata, lists)
+
+
+class _RowReader:
+    """``SELECT <columns> FROM <table> WHERE <pk> = %s`` for one model, database and set of
+    fields, written once, with the values converted as the ORM converts them.
+
+    ``pre_save`` reads the stored row before every ``save()``: through the
+    QuerySet API, building and compiling the query costs about ten times
+    the SELECT itself, and that read alone was more than half of what
+    capture added to a save (``benchmarks/bench_orm.py``, Django part).
+    """
+
+    __slots__ = ("columns", "connection", "pk_field", "sql")
+
+    def __init__(self, model: Any, using: str, keys: Sequence[str]) -> None:
+        meta = model._meta
+        connection = connections[using]
+        quote = connection.ops.quote_name
+        fields = [meta.get_field(next(f.name for f in meta.concrete_fields if f.attname == key))
+                  for key in keys]
+        self.connection = connection
+        self.pk_field = meta.pk
+        self.sql = (f"SELECT {', '.join(quote(field.column) for field in fields) or 'NULL'} "
+                    f"FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s")
+        self.columns: list[tuple[str, Any, list[Any]]] = []
+        for key, field in zip(keys, fields):
+            column = field.get_col(meta.db_table)
+            converters = (connection.ops.get_db_converters(column)
+                          + column.get_db_converters(connection))
+            self.columns.append((key, column, converters))
+
+    def read(self, pk: Any) -> dict[str, Any] | None:
+        connection = self.connection
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [self.pk_field.get_db_prep_value(pk, connection)])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        values: dict[str, Any] = {}
+        for (key, column, converters), value in zip(self.columns, row):
+            for convert in converters:
+                value = convert(value, column, connection)
+            values[key] = value
+        return values
 
 
 def _hold(using: str, events: list[AuditEvent]) -> None:
@@ -223,8 +276,7 @@ def _pre_save(sender: type, instance: Any, using: str, update_fields: Any = None
     plan = _PLANS.get(sender)
     if plan is None or instance.pk is None or not capturing():
         return
-    keys = plan.keys(update_fields)
-    _BEFORE[instance._state] = plan.read(using, [instance.pk], keys).get(instance.pk)
+    _BEFORE[instance._state] = plan.read_one(using, instance.pk, plan.keys(update_fields))
 
 
 def _post_save(sender: type, instance: Any, created: bool, using: str, update_fields: Any = None,
