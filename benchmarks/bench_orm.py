@@ -14,7 +14,7 @@ Run:  python benchmarks/bench_orm.py [--rows 10000] [--saves 400] [--rounds 5]
    - unit of work + capture: the same with a sender.
 
    The sender is a ``MemorySender`` (so the figures are capture's cost, not
-   a destination's). The target: bulk + capture ≤ 0.75× the unit of work
+   a destination's). The target: bulk + capture <= 0.75x the unit of work
    (without capture, the stricter of the two; the ratio to the unit of work
    with capture is printed too).
 
@@ -27,7 +27,7 @@ Run:  python benchmarks/bench_orm.py [--rows 10000] [--saves 400] [--rounds 5]
    the counter; an actor is set for both libraries. The variants take turns
    of 50 saves; the median save of each variant per round is compared, and
    what a library adds is its median minus the plain one. The target: what
-   ``audit_model`` adds ≤ 0.5× what django-auditlog adds.
+   ``audit_model`` adds <= 0.5x what django-auditlog adds.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from audit_instrument.integrations.sqlalchemy import audit_model
 from audit_instrument.senders import MemorySender
 
 
-# -- 1. SQLAlchemy -------------------------------------------------------------------------------
+# -- 1. SQLAlchemy --------------------------------------------------------------------------------
 class Base(DeclarativeBase):
     pass
 
@@ -138,7 +138,7 @@ def bench_sqlalchemy(rows: int, rounds: int) -> None:
     print(f"bulk + capture / unit of work: {ratio:.2f}x (target <= 0.75x)")
 
 
-# -- 2. Django --------------------------------------------------------------------------------------
+# -- 2. Django ------------------------------------------------------------------------------------
 def _django(directory: Path) -> dict[str, Any]:
     import django
     from django.conf import settings
