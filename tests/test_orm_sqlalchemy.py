@@ -7,7 +7,11 @@ is not recorded; bulk ORM statements give one event per affected row.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from sqlalchemy.orm import (
     mapped_column,
     relationship,
 )
+from support.docs import python_blocks
 
 from audit_instrument import (
     AuditConfigError,
@@ -44,6 +49,7 @@ from audit_instrument import (
     signals,
     stats,
 )
+from audit_instrument.integrations import _changes
 from audit_instrument.integrations.sqlalchemy import audit_model
 from audit_instrument.testing import CapturedEvents, capture_events
 
@@ -449,3 +455,45 @@ async def test_async_session_records_commits_and_drops_rollbacks(tmp_path: Path)
     ]
     assert {e.actor_id for e in captured.events} == {"user_2"}
     assert dict(captured.events[4].metadata) == {"views_was": 0, "views": 9}
+
+
+# -- docs/orm.md and values ----------------------------------------------------------------------
+def test_the_sqlalchemy_examples_of_the_docs_run_as_written() -> None:
+    blocks = [code for heading, code in python_blocks("docs/orm.md")
+              if "sqlalchemy" in code and "django" not in code]
+    assert len(blocks) == 2
+    module = types.ModuleType("docs_orm_example")  # SQLAlchemy resolves annotations there
+    sys.modules[module.__name__] = module
+    namespace: dict[str, Any] = module.__dict__
+    try:
+        for code in blocks:
+            exec(compile(code, "<docs/orm.md>", "exec", dont_inherit=True), namespace)
+    finally:
+        del sys.modules[module.__name__]
+    memory = namespace["memory"]
+    assert [e.action for e in memory.events][-1] == "tweet.update"
+    account_cls = namespace["Account"]
+    namespace["Base"].metadata.create_all(namespace["engine"])
+    memory.events.clear()
+    with audit_actor(ACTOR, group="org_1"), Session(namespace["engine"]) as session:
+        account = account_cls(email="ada@example.com", plan="free", password_hash="x")
+        session.add(account)
+        session.commit()
+        account.password_hash, account.last_seen = "y", "today"
+        session.commit()
+    created, changed = memory.events
+    assert created.target_name == "ada@example.com" and "last_seen" not in created.metadata
+    assert dict(changed.metadata) == {"password_hash_was": "[masked]",
+                                      "password_hash": "[masked]"}
+
+
+def test_values_become_metadata_primitives() -> None:
+    value = _changes.metadata_value
+    assert value("settings", {"theme": "dark", "api_token": "t", "nested": [{"password": 1}]}) \
+        == '{"theme":"dark","api_token":"[masked]","nested":[{"password":"[masked]"}]}'
+    assert value("avatar", b"\x00" * 10) == "<10 bytes>"
+    assert value("price", Decimal("1.50")) == "1.50"
+    assert value("day", date(2024, 5, 1)) == "2024-05-01"
+    assert value("big", 2**70) == str(2**70)
+    assert value("text", "x" * 501) == "x" * 499 + "…"
+    assert value("secret_answer", object()) == "[masked]"

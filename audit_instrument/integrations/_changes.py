@@ -432,22 +432,19 @@ def _combined(first: AuditEvent, second: AuditEvent, columns: Collection[str]) -
     return dataclasses.replace(first, metadata=metadata)
 
 
-def net_changes(
-    events: Sequence[AuditEvent], columns_of: Callable[[AuditEvent], Collection[str] | None]
-) -> list[AuditEvent]:
+def net_changes(events: Sequence[tuple[AuditEvent, Collection[str]]]) -> list[AuditEvent]:
     """One event per row: updates of a row created or updated earlier in the same list (by the
     same actor, in the same group) are folded into that earlier event.
 
-    ``columns_of(event)`` names the column fields of the event's model. Events
-    holding anything else (many-to-many ids, parts) are left as they are.
+    Each event comes with the column fields of its model. Events holding
+    anything else (many-to-many ids, parts) are left as they are.
     """
     out: list[AuditEvent | None] = []
     where: dict[str, int] = {}
-    for event in events:
+    for event, columns in events:
         at = where.get(event.target_id)
         earlier = out[at] if at is not None else None
-        columns = columns_of(event)
-        if (earlier is not None and columns is not None
+        if (at is not None and earlier is not None
                 and event.action_type is ActionType.UPDATE
                 and earlier.action_type in (ActionType.CREATE, ActionType.UPDATE)
                 and (earlier.actor_id, earlier.group) == (event.actor_id, event.group)
@@ -455,7 +452,7 @@ def net_changes(
                 and _fields_of(event, columns) is not None):
             combined = _combined(earlier, event, columns)
             if combined is not earlier:
-                out[at] = combined  # type: ignore[index]
+                out[at] = combined
                 continue
         where[event.target_id] = len(out)
         out.append(event)

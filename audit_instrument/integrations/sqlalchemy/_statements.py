@@ -82,7 +82,7 @@ def _bulk_change(state: ORMExecuteState, plan: _Plan) -> Result[Any]:
                 f"rows could not be read back by primary key (was the primary key changed?); "
                 f"they are not recorded",
             )
-    _hold(state.session, events)
+    _hold(state.session, [(event, plan.columns) for event in events])
     return result
 
 
@@ -123,7 +123,7 @@ def _bulk_insert(state: ORMExecuteState, plan: _Plan) -> Result[Any] | None:
     events: list[AuditEvent] = []
     for pk, row in after.items():
         events.extend(plan.row_events("create", pk, None, row))
-    _hold(state.session, events)
+    _hold(state.session, [(event, plan.columns) for event in events])
     return result
 
 

@@ -8,15 +8,19 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from ...event import AuditEvent
 from .._changes import emit_all, net_changes
-from ._plan import _PLANS
 
 _HELD = "audit_instrument.held"  # session.info: {transaction: events it would commit}
 _RELEASED = "audit_instrument.released"  # session.info: savepoints released, not yet closed
 
 
 # -- transactions ---------------------------------------------------------------------------------
-def _hold(session: Session, events: Iterable[AuditEvent]) -> None:
-    """Keep ``events`` with the innermost transaction (a savepoint, else the session's).
+Held = list[tuple[AuditEvent, Collection[str]]]
+"""Events waiting for a commit, each with the audited columns of its model."""
+
+
+def _hold(session: Session, events: Iterable[tuple[AuditEvent, Collection[str]]]) -> None:
+    """Keep ``events`` (with their model's audited columns) with the innermost transaction
+    (a savepoint, else the session's).
 
     This is the one place events wait for their transaction. Writing them
     into the database inside that same transaction instead (a store that
@@ -29,14 +33,14 @@ def _hold(session: Session, events: Iterable[AuditEvent]) -> None:
         return
     transaction = session.get_nested_transaction() or session.get_transaction()
     if transaction is None:  # not inside a transaction: nothing can undo it any more
-        emit_all(events)
+        emit_all(event for event, _ in events)
         return
-    held: dict[SessionTransaction, list[AuditEvent]] = session.info.setdefault(_HELD, {})
+    held: dict[SessionTransaction, Held] = session.info.setdefault(_HELD, {})
     held.setdefault(transaction, []).extend(events)
 
 
 def _after_commit(session: Session) -> None:
-    held: dict[SessionTransaction, list[AuditEvent]] | None = session.info.get(_HELD)
+    held: dict[SessionTransaction, Held] | None = session.info.get(_HELD)
     if not held:
         return
     savepoint = session.get_nested_transaction()
@@ -45,20 +49,12 @@ def _after_commit(session: Session) -> None:
         return
     root = session.get_transaction()
     events = held.pop(root, None) if root is not None else None
-    if events:
-        emit_all(net_changes(events, _columns_of))
-
-
-def _columns_of(event: AuditEvent) -> Collection[str] | None:
-    """The audited columns of the model an event is about (autoflush may write a row several
-    times in one transaction: :func:`net_changes` folds them into one event)."""
-    category = event.action.rpartition(".")[0]
-    plan = next((plan for plan in _PLANS.values() if plan.audit.category == category), None)
-    return plan.columns if plan is not None else None
+    if events:  # autoflush may have written a row several times: one event per row
+        emit_all(net_changes(events))
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    held: dict[SessionTransaction, list[AuditEvent]] | None = session.info.get(_HELD)
+    held: dict[SessionTransaction, Held] | None = session.info.get(_HELD)
     if not held:
         return
     events = held.pop(transaction, None)
@@ -70,7 +66,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
             while parent is not None and not parent.nested and parent.parent is not None:
                 parent = parent.parent
             if parent is None:
-                emit_all(events)
+                emit_all(event for event, _ in events)
             else:
                 held.setdefault(parent, []).extend(events)
     # otherwise rolled back (or closed without commit): its events are dropped

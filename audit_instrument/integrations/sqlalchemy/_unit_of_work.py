@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import inspect
@@ -86,11 +87,12 @@ def _after_flush(session: Session, context: UOWTransaction) -> None:
     if not written or not capturing():
         return
     old: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_OLD) or {}
-    events: list[AuditEvent] = []
+    events: list[tuple[AuditEvent, Collection[str]]] = []
     for kind, state in written:
         plan = _plan_of(state.class_)
         if plan is not None:
-            events.extend(plan.flush_events(kind, state, old.get(state, {})))
+            events.extend((event, plan.columns)
+                          for event in plan.flush_events(kind, state, old.get(state, {})))
     _hold(session, events)
 
 
