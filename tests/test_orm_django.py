@@ -14,10 +14,11 @@ import pytest
 import support.django_site as site
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.http import HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
+from support.docs import python_blocks
 from support.orm_app.models import Tag, Tweet, Wide
 
 from audit_instrument import AuditConfigError, audit_actor, configure, stats
@@ -238,3 +239,23 @@ def test_the_actor_comes_from_the_request_middleware() -> None:
     for event in captured.events:
         assert (event.actor_id, event.actor_name, event.group, event.user_agent) == (
             str(user.pk), "carol@example.com", "org_7", "pytest-browser")
+
+
+def test_the_django_example_of_the_docs_runs_as_written() -> None:
+    [code] = [code for _, code in python_blocks("docs/orm.md") if "django" in code]
+    # run as a module of the test app, so that its models belong to that app
+    namespace: dict[str, Any] = {"__name__": "support.orm_app.docs_example"}
+    exec(compile(code, "<docs/orm.md>", "exec", dont_inherit=True), namespace)
+    article_cls, label_cls = namespace["Article"], namespace["Label"]
+    with connection.schema_editor() as editor:
+        for cls in (label_cls, article_cls):
+            editor.create_model(cls)
+    with capture_events() as captured, audit_actor(ACTOR, group="org_1"):
+        article = article_cls.objects.create(title="Hello", body="first")
+        label = label_cls.objects.create(name="news")
+        article.labels.add(label)
+        article_cls.objects.filter(pk=article.pk).update(body="second")
+    assert [(e.action, e.target_name) for e in captured.events] == [
+        ("article.create", "Hello"), ("article.update", "Hello"), ("article.update", "Hello")]
+    assert dict(captured.events[1].metadata) == {"labels_added": str(label.pk)}
+    assert dict(captured.events[2].metadata) == {"body_was": "first", "body": "second"}
