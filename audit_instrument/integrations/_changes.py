@@ -370,14 +370,18 @@ def build_events(
     and two pieces of one key never share an event.
     """
     action = audit.actions[kind]
-    groups = _groups(metadata)
-    for key, pieces in lists:
-        groups.extend({key: piece} for piece in pieces)
+    if not lists and len(metadata) <= MAX_METADATA_KEYS:
+        parts: list[Mapping[str, MetadataValue]] = [metadata]  # the usual case: one event
+    else:
+        groups = _groups(metadata)
+        for key, pieces in lists:
+            groups.extend({key: piece} for piece in pieces)
+        parts = list(_parts(groups))
     try:
         return [
             _make_event(action, _ACTION_TYPES[kind], (target_id, target_name), None, None,
-                        None, part, None)
-            for part in (_parts(groups) if groups else [{}])
+                        None, dict(part), None)
+            for part in parts
         ]
     except Exception as error:
         _report(action, error)

@@ -37,7 +37,8 @@ def _read(state: ORMExecuteState, plan: _Plan, query: Any,
     rows = state.session.execute(query, params if isinstance(params, dict) else None,
                                  bind_arguments=state.bind_arguments)
     width = len(plan.pk_keys)
-    return {tuple(row[:width]): dict(row._mapping) for row in rows}
+    keys = list(rows.keys())
+    return {tuple(row[:width]): dict(zip(keys, row)) for row in rows}
 
 
 def _read_pks(state: ORMExecuteState, plan: _Plan,
