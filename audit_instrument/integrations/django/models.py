@@ -50,6 +50,7 @@ from django.db.models.signals import (  # type: ignore[import-untyped]
 )
 
 from ... import _stats as stats
+from ...config import settings
 from ...errors import AuditConfigError
 from ...event import AuditEvent
 from .._changes import (
@@ -154,6 +155,8 @@ class _Plan:
             name = (str(instance) if self.audit.target_name is None
                     else self.audit.name_of(instance, target_id))
         except Exception as error:
+            if settings.strict:
+                raise
             stats.note_failure(
                 f"target_name of {self.audit.category}: {type(error).__name__}",
                 f"the target name of a {self.model.__name__} could not be read, the target id "

@@ -9,6 +9,7 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.attributes import History, set_committed_value
 
+from ... import signals
 from ...event import AuditEvent
 from .._changes import capturing
 from ._plan import _CHUNK, _Plan, _plan_of
@@ -33,8 +34,6 @@ def _before_flush(session: Session, context: UOWTransaction, instances: object) 
     """Start this flush's list, and read the stored values events need but objects lack."""
     session.info[_FLUSHED] = []  # left over from a flush that failed: that work was not done
     session.info[_OLD] = {}
-    from ... import signals
-
     if signals.event_emitted.receivers and (session.dirty or session.deleted):
         _read_old_values(session)
 
