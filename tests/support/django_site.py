@@ -27,6 +27,7 @@ if not settings.configured:
             "django.contrib.auth",
             "django.contrib.sessions",
             "audit_instrument.integrations.django",
+            "support.orm_app",  # models of tests/test_orm_django.py
         ],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
                                "NAME": str(_DIRECTORY / "db.sqlite3"),

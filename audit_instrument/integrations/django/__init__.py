@@ -39,8 +39,10 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 from ...context import AuditScope
 from ...errors import AuditConfigError
 from .._request import RequestAudit
+from .models import AuditedManager, AuditedQuerySet, AuditedQuerySetMixin, audit_model
 
-__all__ = ["AuditMiddleware"]
+__all__ = ["AuditMiddleware", "AuditedManager", "AuditedQuerySet", "AuditedQuerySetMixin",
+           "audit_model"]
 
 Request = Any  # django.http.HttpRequest (Django ships no type hints)
 Response = Any
