@@ -49,7 +49,8 @@ _receivers = signals.event_emitted
 _NO_SNAPSHOT: Snapshot = {}
 
 
-def _warn_discarded() -> None:
+def warn_discarded() -> None:
+    """Warn once that no sender is configured (for the integrations that build events too)."""
     if not settings.warned_no_receivers:
         settings.warned_no_receivers = True
         logger.warning(
@@ -58,7 +59,7 @@ def _warn_discarded() -> None:
         )
 
 
-def _report(action: str, error: Exception, *, may_raise: bool = True) -> None:
+def report_invalid(action: str, error: Exception, *, may_raise: bool = True) -> None:
     """An event of ``action`` could not be built: raise if strict (and ``may_raise``: not
     while the call's own exception propagates), else count, log once per cause, signal."""
     if settings.strict and may_raise:
@@ -96,7 +97,7 @@ def _target_party(target: object) -> tuple[str, str]:
     return party
 
 
-def _make_event(
+def make_event(
     action: str,
     action_type: ActionType,
     target: object,
@@ -294,7 +295,7 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
             try:
                 before = capture(self.snapshot(), self.fields)
             except Exception as error:
-                _report(self.action, error)
+                report_invalid(self.action, error)
                 builder.skip()
         block = _Open(self, builder, before)
         block.token = _open_block.set(block)
@@ -314,7 +315,7 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
         if builder.skipped:
             return
         if not _receivers.receivers:
-            _warn_discarded()
+            warn_discarded()
             return
         if exc is not None and (self.on_error != "emit" or not isinstance(exc, Exception)):
             return
@@ -326,12 +327,13 @@ class audit:  # noqa: N801 - used like a function: @audit(...), with audit(...)
             if exc is not None:
                 metadata["outcome"] = "failure"
                 metadata["error"] = type(exc).__qualname__
-            event = _make_event(
+            event = make_event(
                 self.action, self.action_type, builder.target, builder.actor,
                 builder.group or self.group, builder.location, metadata, builder.occurred_at,
             )
         except Exception as error:
-            _report(self.action, error, may_raise=exc is None)  # never mask the block's error
+            # never let this replace the exception the block raised
+            report_invalid(self.action, error, may_raise=exc is None)
             return
         signals.emit_built(event)
 
@@ -420,7 +422,7 @@ class _Plan:
             before = (_NO_SNAPSHOT if self.snapshot is None
                       else capture(self.snapshot(bound, None), self.fields))
         except Exception as error:
-            _report(self.action, error)  # raises in strict mode, before the call
+            report_invalid(self.action, error)  # raises in strict mode, before the call
             return None
         return bound, before
 
@@ -439,7 +441,7 @@ class _Plan:
                 if exc is not None:
                     metadata["outcome"] = "failure"
                     metadata["error"] = type(exc).__qualname__
-            event = _make_event(
+            event = make_event(
                 self.action,
                 self.action_type,
                 self.target(bound, result) if self.target is not None else None,
@@ -450,7 +452,8 @@ class _Plan:
                 None,
             )
         except Exception as error:
-            _report(self.action, error, may_raise=exc is None)  # never replace the call's error
+            # never let this replace the exception the call raised
+            report_invalid(self.action, error, may_raise=exc is None)
             return
         signals.emit_built(event)
 
@@ -459,7 +462,7 @@ class _Plan:
         kwargs: dict[str, Any],
     ) -> Any:
         if not _receivers.receivers:
-            _warn_discarded()
+            warn_discarded()
             return wrapped(*args, **kwargs)
         started = self.begin(instance, args, kwargs)
         if started is None:
@@ -479,7 +482,7 @@ class _Plan:
         kwargs: dict[str, Any],
     ) -> Any:
         if not _receivers.receivers:
-            _warn_discarded()
+            warn_discarded()
             return await wrapped(*args, **kwargs)
         started = self.begin(instance, args, kwargs)
         if started is None:

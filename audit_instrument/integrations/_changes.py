@@ -33,7 +33,7 @@ from typing import Any
 from .. import signals
 from ..errors import AuditConfigError
 from ..event import AuditEvent, MetadataValue
-from ..instrument import _make_event, _report, _warn_discarded
+from ..instrument import make_event, report_invalid, warn_discarded
 from ..rules import (
     MASKED,
     MAX_INT,
@@ -379,12 +379,12 @@ def build_events(
         parts = list(_parts(groups))
     try:
         return [
-            _make_event(action, _ACTION_TYPES[kind], (target_id, target_name), None, None,
+            make_event(action, _ACTION_TYPES[kind], (target_id, target_name), None, None,
                         None, dict(part), None)
             for part in parts
         ]
     except Exception as error:
-        _report(action, error)
+        report_invalid(action, error)
         return []
 
 
@@ -467,7 +467,7 @@ def capturing() -> bool:
     """Whether any sender listens; if not, warn once (as ``@audit`` does) and capture nothing."""
     if signals.event_emitted.receivers:
         return True
-    _warn_discarded()
+    warn_discarded()
     return False
 
 
