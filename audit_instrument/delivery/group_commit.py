@@ -142,10 +142,11 @@ class GroupCommit(Generic[T]):
 
     def close(self, timeout: float | None = None) -> bool:
         """Commit what is queued, then refuse new submissions; ``False`` if time ran out."""
+        with self._cond:
+            self._closed = True  # first: nothing new slips in after the last commit
+            self._cond.notify_all()
         flushed = self.flush(timeout)
         with self._cond:
-            self._closed = True
-            self._cond.notify_all()
             flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join(timeout)
