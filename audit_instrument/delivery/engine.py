@@ -60,7 +60,8 @@ logger = logging.getLogger("audit_instrument")
 _monotonic = time.monotonic
 _getpid = os.getpid
 _LATENCY_GUESS = 0.1  # seconds per request assumed before any was measured
-_HEADROOM = 1.25  # workers beyond rate * latency, so jitter doesn't cost rate
+_LATENCY_WINDOW = 10.0  # seconds over which the lowest request time is remembered
+_HEADROOM = 1.5  # workers beyond rate * latency, so jitter doesn't cost rate
 _engines: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
 _thread_numbers = itertools.count()
 
@@ -181,7 +182,8 @@ class DeliveryEngine:
         self._closed = False
         self._refilling = False
         self._next_refill = 0.0
-        self._latency = _LATENCY_GUESS  # moving average of request times
+        self._latency = _LATENCY_GUESS  # lowest request time lately (see _observe)
+        self._latency_at = 0.0
         self._pacer = Pacer(self.requests_per_second, burst=self.burst,
                             store=self._backlog.pace_store(),
                             horizon=self.retry.max_backoff + 1.0)
@@ -218,9 +220,18 @@ class DeliveryEngine:
         return max(1, min(self.max_in_flight, math.ceil(rate * latency * _HEADROOM) + 1))
 
     def _observe(self, seconds: float) -> None:
-        """A request took ``seconds``: update the latency average and the worker target."""
-        self._latency += 0.1 * (seconds - self._latency)
-        self._target = self._in_flight_for(self._latency)
+        """A request took ``seconds``: update the latency estimate and the worker target.
+
+        The estimate is the lowest request time of the last few seconds (as
+        TCP BBR keeps its minimum round trip): the network's latency, not
+        the time requests spent waiting for this process's CPU, which more
+        workers would only lengthen.
+        """
+        now = _monotonic()
+        if seconds <= self._latency or now - self._latency_at > _LATENCY_WINDOW:
+            self._latency = seconds
+            self._latency_at = now
+            self._target = self._in_flight_for(seconds)
 
     def _ensure_started(self) -> None:
         if self._workers:

@@ -76,6 +76,37 @@ def _check_is_outbox(conn: sqlite3.Connection, *, empty_ok: bool) -> None:
         raise sqlite3.DatabaseError("it has no outbox_meta table")
 
 
+def _peek(path: Path, where: str) -> None:
+    """Refuse a file that is not an outbox without leaving a trace.
+
+    A reader of a WAL database creates its ``-wal`` and ``-shm`` files. When
+    there is no ``-wal`` file the main file holds everything, so it is read
+    as immutable (no side files, no locks) to decide; otherwise the side
+    files exist already and the ordinary read-only open decides.
+    """
+    if Path(str(path) + "-wal").exists():
+        return
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            _check_is_outbox(conn, empty_ok=False)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise AuditConfigError(f"cannot use {where!r} as an outbox: {exc} — "
+                               f"{_hint(str(exc), exc)}") from None
+
+
+def _hint(message: str, exc: sqlite3.Error) -> str:
+    if "no outbox" in message:
+        return "it is not an outbox: another kind of database (an audit store?)"
+    if isinstance(exc, sqlite3.DatabaseError) and "readonly" not in message:
+        return ("it is not an outbox database (corrupt, or another kind of file); move it "
+                "aside to start a new one")
+    return "check the file's permissions"
+
+
 def connect(path: Path, *, synchronous: Literal["FULL", "NORMAL"], busy_timeout: float,
             read_only: bool) -> sqlite3.Connection:
     """Open ``path`` as an outbox (module docstring); :class:`AuditConfigError` if it can't be."""
@@ -94,6 +125,7 @@ def connect(path: Path, *, synchronous: Literal["FULL", "NORMAL"], busy_timeout:
                 f"cannot create the outbox {where!r}: {exc.strerror}") from None
     try:
         if read_only:
+            _peek(path, where)
             conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         else:
@@ -115,13 +147,6 @@ def connect(path: Path, *, synchronous: Literal["FULL", "NORMAL"], busy_timeout:
     except sqlite3.Error as exc:
         conn.close()
         message = str(exc)
-        if "no outbox" in message:
-            hint = ("it is another kind of database (an audit store?); give the outbox a "
-                    "file of its own")
-        elif isinstance(exc, sqlite3.DatabaseError) and "readonly" not in message:
-            hint = ("it is not an outbox database (corrupt, or another kind of file); move it "
-                    "aside to start a new one")
-        else:
-            hint = "check the file's permissions"
+        hint = _hint(message, exc)
         raise AuditConfigError(f"cannot use {where!r} as an outbox: {message} — {hint}") from None
     return conn

@@ -38,6 +38,7 @@ _CUT = 0.7  # the rate after a 429, as a share of the rate before it
 _GROWTH = 1.05  # per second, after a cut, up to the configured rate
 _FLOOR = 1.0  # requests/s never paced below this (or the configured rate, if lower)
 _SHARED_BLOCK = 0.05  # seconds of slots a process reserves at once from a shared store
+_MIN_SLEEP = 0.001  # a slot closer than this is taken at once (a wake-up costs more)
 
 _time = time.time
 
@@ -115,7 +116,6 @@ class Pacer:
     def _setup(self) -> None:
         self._lock = threading.Lock()
         self._slots: collections.deque[float] = collections.deque()
-        self._waiting = 0
         self._rate = self.ceiling
 
     def after_fork(self) -> None:
@@ -143,21 +143,14 @@ class Pacer:
             if not slots:
                 count = 1
                 if self.store.shared and self.ceiling:
-                    count = max(1, min(math.ceil(self.ceiling * _SHARED_BLOCK),
-                                       self._waiting + 1))
+                    count = math.ceil(self.ceiling * _SHARED_BLOCK)
                 self._reserve(count, now)
             return slots.popleft()
 
     def wait_turn(self, stopped: threading.Event) -> bool:
         """Block until this request's slot; ``False`` if ``stopped`` was set meanwhile."""
-        with self._lock:
-            self._waiting += 1
-        try:
-            delay = self.next_slot() - _time()
-        finally:
-            with self._lock:
-                self._waiting -= 1
-        if delay > 0:
+        delay = self.next_slot() - _time()
+        if delay > _MIN_SLEEP:
             return not stopped.wait(min(delay, self.horizon))
         return not stopped.is_set()
 
