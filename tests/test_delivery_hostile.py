@@ -26,7 +26,7 @@ HOSTILE_WAITS = ["inf", "1e10", "31536000", "Fri, 31 Dec 9999 23:59:59 GMT", "1e
                  "9" * 5000, "nan", "-inf", "Fri, 31 Dec 99999 23:59:59 GMT"]
 
 
-# -- server-supplied waits ---------------------------------------------------------------------
+# -- server-supplied waits ----------------------------------------------------------------
 @pytest.mark.parametrize("value", HOSTILE_WAITS)
 def test_server_waits_are_read_defensively_and_capped(value: str) -> None:
     policy = RetryPolicy(initial_backoff=0.1, max_backoff=2.0)
@@ -49,7 +49,7 @@ def test_a_huge_retry_after_neither_kills_workers_nor_pauses_for_long(
     assert server.accepted_count == 20
 
 
-# -- a worker never dies of an exception ---------------------------------------------------------
+# -- a worker never dies of an exception ----------------------------------------------------
 class _Exploding(httpx.BaseTransport):
     """A transport whose first ``count`` requests raise a bug, not a network error."""
 
@@ -107,7 +107,7 @@ def test_an_exception_outside_the_request_is_caught_by_the_worker_loop(
     assert stats().failures["delivery worker"] == 1
 
 
-# -- the loopback rule and the proxy decision: one function ---------------------------------------
+# -- the loopback rule and the proxy decision: one function ----------------------------------
 class FakeProxy:
     """A proxy on 127.0.0.1 that records what reaches it and answers 502."""
 
@@ -206,7 +206,7 @@ def test_no_proxy_is_respected_for_https(proxy: FakeProxy, monkeypatch: pytest.M
     assert route("https://audit.internal.example.test").proxy is None
 
 
-# -- credentials and keys never leave in the clear --------------------------------------------------
+# -- credentials and keys never leave in the clear ---------------------------------------------
 @pytest.mark.parametrize("url", ["https://user:P4SSWORD@api.workos.com",
                                  "http://user:P4SSWORD@127.0.0.1:9", "https://P4SSWORD@host"])
 def test_userinfo_in_base_url_is_refused_without_repeating_it(url: str) -> None:

@@ -37,7 +37,7 @@ def _keys(path: Path) -> set[str]:
         return {key for (key,) in conn.execute("SELECT key FROM outbox")}
 
 
-# -- one bad event never costs another -----------------------------------------------------------
+# -- one bad event never costs another ------------------------------------------------------
 @pytest.mark.parametrize("durability", ["commit", "batch"])
 def test_a_poison_event_among_16_threads_loses_no_good_event(
     tmp_path: Path, durability: str
@@ -77,7 +77,7 @@ def test_a_poison_event_among_16_threads_loses_no_good_event(
         assert refused == [] and stats().failures["outbox write"] >= 1
 
 
-# -- fork under load -----------------------------------------------------------------------------
+# -- fork under load ------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forks_under_load_each_child_delivers_through_the_inherited_outbox(
     server: WorkOSServer, make_workos: MakeWorkOS, tmp_path: Path
@@ -121,7 +121,7 @@ def test_forks_under_load_each_child_delivers_through_the_inherited_outbox(
     assert set(sent) <= set(server.accepted)  # the parent lost nothing either
 
 
-# -- inspection never writes, and refuses what is not an outbox -------------------------------------
+# -- inspection never writes, and refuses what is not an outbox --------------------------------
 def _snapshot(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
 
