@@ -34,6 +34,7 @@ OutboxStatus(pending=0, dead=1, delivered=1042, oldest_pending_age=None)
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -203,7 +204,8 @@ class Outbox:
         write fails; without it the call returns at once, and ``on_error``
         hears of a failed write.
         """
-        self._check_pid()
+        if self._pid != os.getpid():
+            self.after_fork()
         if self._closed or self.read_only:
             raise DeliveryError(f"outbox {str(self.path)!r} is "
                                 f"{'closed' if self._closed else 'opened read-only'}")
@@ -217,18 +219,20 @@ class Outbox:
 
     def delivered(self, key: str) -> None:
         """Forget the event with idempotency key ``key``: the server accepted it."""
+        self._check_pid()
         self._submit([("delivered", (key,), None)], False)
 
     def dead(self, key: str, status: int | None, message: str) -> None:
         """Keep ``key``'s event as a dead letter with the server's ``message``."""
+        self._check_pid()
         self._submit([("dead", (status, message, time.time(), key), None)], False)
 
     def release(self, key: str, *, retry_in: float = 0.0) -> None:
         """Give ``key``'s event back (no owner), to be claimed again in ``retry_in`` seconds."""
+        self._check_pid()
         self._submit([("release", (time.time() + retry_in, key), None)], False)
 
     def _submit(self, ops: list[_Op], wait: bool) -> None:
-        self._check_pid()
         where = str(self.path)
         try:
             self._commits.submit(ops, wait=wait, timeout=self.busy_timeout + 5.0)
@@ -265,18 +269,20 @@ class Outbox:
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for kind, params, _ in ops:
             groups.setdefault(kind, []).append(params)
-        adds = [(key, event.to_json(), *rest) for key, event, *rest in groups.get("add", [])]
+        adds = [(key, event.to_json(), at, owner, pid, until)
+                for key, event, at, owner, pid, until in groups.get("add", ())]
         with self._db_lock:
             conn = self._conn
             if len(groups) == 1 and 0 < len(adds) <= ROWS_PER_INSERT:
                 # The common case: one statement is its own transaction.
-                conn.execute(insert_sql(len(adds)), [v for row in adds for v in row])
+                conn.execute(insert_sql(len(adds)), list(itertools.chain.from_iterable(adds)))
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for start in range(0, len(adds), ROWS_PER_INSERT):
                     chunk = adds[start:start + ROWS_PER_INSERT]
-                    conn.execute(insert_sql(len(chunk)), [v for row in chunk for v in row])
+                    conn.execute(insert_sql(len(chunk)),
+                                 list(itertools.chain.from_iterable(chunk)))
                 if "release" in groups:
                     conn.executemany(
                         "UPDATE outbox SET owner = NULL, owner_pid = NULL, lease_until = 0, "
