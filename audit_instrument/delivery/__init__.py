@@ -18,9 +18,10 @@ Reusable by any HTTP sender that implements :class:`Destination`;
 
 from __future__ import annotations
 
-from .engine import DeliveryEngine, Destination, default_max_in_flight
+from .concurrency import default_max_in_flight
+from .engine import DeliveryEngine
 from .handle import DeliveryHandle
-from .http import route
+from .http import Destination, route
 from .outage import OutageGate
 from .outbox import DeadLetter, Outbox, OutboxStatus
 from .pacing import Pacer

@@ -26,26 +26,13 @@ from .._stats import note_failure
 from ..errors import AuditError, DeliveryError
 from ..event import AuditEvent
 from .handle import DeliveryHandle
+from .jobs import Job
 from .outbox import Outbox
 from .pacing import MemoryPaceStore, PaceState, PaceStore
 
 __all__ = ["Backlog", "Job", "MemoryBacklog", "OutboxBacklog"]
 
 logger = logging.getLogger("audit_instrument")
-
-
-class Job:
-    """One event the engine is working on."""
-
-    __slots__ = ("abandoned", "attempts", "deadline", "event", "handle", "last_error")
-
-    def __init__(self, event: AuditEvent, handle: DeliveryHandle | None, deadline: float) -> None:
-        self.event = event
-        self.handle = handle
-        self.deadline = deadline
-        self.attempts = 0
-        self.abandoned = False  # shutdown gave up on it while its request was in flight
-        self.last_error: DeliveryError | None = None
 
 
 Lost = Callable[[AuditEvent, DeliveryHandle | None, DeliveryError], None]

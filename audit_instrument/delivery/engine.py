@@ -1,23 +1,20 @@
 """The delivery engine: paced worker threads send events from a backlog, with retries.
 
-Any HTTP destination plugs in through :class:`Destination` (it builds the
-request for an event and reads the server's error message). The engine
-owns what happens around the request:
+An HTTP sender plugs in as a :class:`~.http.Destination`. Around each request:
 
-* **where work comes from** — a :mod:`backlog <.backlog>`: in memory, or
-  the durable outbox; the events being worked on are held here (ready,
-  in flight, waiting to retry);
-* **pacing** (:mod:`.pacing`) — at most ``requests_per_second``, slowing
-  down on 429; the number of worker threads follows the rate and the
-  latency observed (Little's law: in flight = rate * latency), up to
-  ``max_in_flight``;
+* **where work comes from** — a :mod:`backlog <.backlog>` (memory, or the
+  durable outbox); the jobs being worked on are held in a :mod:`.jobs` queue;
+* **pacing** (:mod:`.pacing`) — at most ``requests_per_second``, slower
+  after a 429; the workers follow rate * latency (:mod:`.concurrency`), up
+  to ``max_in_flight``;
 * **outages** (:mod:`.outage`) — a server that is down is probed, not hammered;
-* retries with capped, jittered backoff and a per-event deadline; signals
-  on the return path; a bounded flush at exit; fresh state after ``fork()``.
+* retries with capped, jittered backoff and a per-event deadline; outcomes
+  on the return path (:mod:`.outcomes`); a bounded flush at exit; fresh
+  state after ``fork()``.
 
-The caller's cost is a handle and a queue append under a lock (with an
-outbox in ``commit`` mode, also the wait for the group commit); no network
-I/O. Requests go through one shared httpx transport (:mod:`.http`).
+The caller's cost is a handle and a queue append (with an outbox in
+``commit`` mode, also the wait for the group commit); no network I/O.
+Requests go through one shared httpx transport (:mod:`.http`).
 
 >>> engine = DeliveryEngine(my_destination, base_url="https://api.workos.com")  # doctest: +SKIP
 >>> engine.submit(event).result(timeout=5)                                     # doctest: +SKIP
@@ -26,9 +23,7 @@ I/O. Requests go through one shared httpx transport (:mod:`.http`).
 from __future__ import annotations
 
 import atexit
-import collections
 import contextvars
-import heapq
 import itertools
 import logging
 import math
@@ -36,20 +31,22 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import httpx
 
-from .. import signals
 from .._stats import note_failure
 from ..errors import AuditConfigError, DeliveryError
 from ..event import AuditEvent
-from .backlog import Backlog, Job, MemoryBacklog, OutboxBacklog
+from .backlog import Backlog, MemoryBacklog, OutboxBacklog
+from .concurrency import InFlight, default_max_in_flight
 from .handle import DeliveryHandle
-from .http import Answer, NoAnswerError, Poster, make_poster, route
+from .http import Destination, NoAnswerError, Poster, make_poster, route
+from .jobs import Job, JobQueue
 from .outage import OutageGate
 from .outbox import Outbox
+from .outcomes import Outcomes
 from .pacing import Pacer
 from .retry import RetryPolicy, is_retryable_status
 
@@ -59,34 +56,8 @@ logger = logging.getLogger("audit_instrument")
 
 _monotonic = time.monotonic
 _getpid = os.getpid
-_LATENCY_GUESS = 0.1  # seconds per request assumed before any was measured
-_LATENCY_WINDOW = 10.0  # seconds over which the lowest request time is remembered
-_HEADROOM = 1.5  # workers beyond rate * latency, so jitter doesn't cost rate
 _engines: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
 _thread_numbers = itertools.count()
-
-
-def default_max_in_flight(requests_per_second: float | None) -> int:
-    """The default cap on requests in flight: enough for the rate at 200 ms of latency.
-
-    (8 to 256; 16 without a rate.) It is a cap: fewer threads run while the
-    latency is lower.
-    """
-    if requests_per_second is None:
-        return 16
-    return max(8, min(256, math.ceil(requests_per_second * 0.2)))
-
-
-class Destination(Protocol):
-    """What the engine needs from an HTTP sender (e.g. :class:`~audit_instrument.WorkOS`)."""
-
-    def request_parts(self, event: AuditEvent) -> tuple[str, bytes, Mapping[str, str]]:
-        """``(path, body, headers)`` of the POST that delivers ``event``."""
-        ...
-
-    def error_message(self, response: Answer) -> str:
-        """The server's explanation of a failed answer, for errors and dead letters."""
-        ...
 
 
 class DeliveryEngine:
@@ -165,16 +136,10 @@ class DeliveryEngine:
     def _setup(self) -> None:
         """(Re)create everything that must not cross a fork: locks, queue, threads, client."""
         self._pid = _getpid()
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # workers wait here for jobs
-        self._changed = threading.Condition(self._lock)  # flush / blocked producers wait here
+        self._jobs = JobQueue(self.queue_size)
+        self._lock = self._jobs.lock
+        self._work = self._jobs.work  # workers wait here for jobs
         self._stopped = threading.Event()  # interrupts pacing waits at shutdown
-        self._ready: collections.deque[Job] = collections.deque()
-        self._delayed: list[tuple[float, int, Job]] = []
-        self._in_flight: set[Job] = set()
-        self._seq = itertools.count()
-        self._pending = 0  # jobs held in memory: ready + delayed + in flight
-        self._idle = 0  # workers waiting for work
         self._workers = 0  # worker threads running
         self._threads: list[threading.Thread] = []
         self._client: Poster | None = None
@@ -182,16 +147,12 @@ class DeliveryEngine:
         self._closed = False
         self._refilling = False
         self._next_refill = 0.0
-        self._latency = _LATENCY_GUESS  # lowest request time lately (see _observe)
-        self._latency_at = 0.0
+        self._in_flight = InFlight(self.max_in_flight)
         self._pacer = Pacer(self.requests_per_second, burst=self.burst,
                             store=self._backlog.pace_store(),
                             horizon=self.retry.max_backoff + 1.0)
         self._gate = OutageGate(self.retry, self.base_url, on_resume=self._wake_all)
-        self._target = self._in_flight_for(self._latency)
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
+        self._outcomes = Outcomes(self.destination, self.retry, self._backlog, self._jobs)
 
     def _after_fork(self) -> None:
         # The parent's queue, threads and connections belong to the parent: the
@@ -204,6 +165,21 @@ class DeliveryEngine:
             self._after_fork()
 
     @property
+    def delivered(self) -> int:
+        """Events the destination accepted."""
+        return self._jobs.delivered
+
+    @property
+    def failed(self) -> int:
+        """Events given up on (refused, or out of time, or lost with the backlog)."""
+        return self._jobs.failed
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped before delivery (queue full, shut down)."""
+        return self._jobs.dropped
+
+    @property
     def rate(self) -> float | None:
         """Requests/s the engine paces to now (lower than configured after 429s)."""
         return self._pacer.rate
@@ -211,27 +187,7 @@ class DeliveryEngine:
     @property
     def in_flight_target(self) -> int:
         """How many requests the engine keeps in flight now (rate * latency, capped)."""
-        return self._target
-
-    def _in_flight_for(self, latency: float) -> int:
-        rate = self._pacer.rate
-        if rate is None:
-            return self.max_in_flight
-        return max(1, min(self.max_in_flight, math.ceil(rate * latency * _HEADROOM) + 1))
-
-    def _observe(self, seconds: float) -> None:
-        """A request took ``seconds``: update the latency estimate and the worker target.
-
-        The estimate is the lowest request time of the last few seconds (as
-        TCP BBR keeps its minimum round trip): the network's latency, not
-        the time requests spent waiting for this process's CPU, which more
-        workers would only lengthen.
-        """
-        now = _monotonic()
-        if seconds <= self._latency or now - self._latency_at > _LATENCY_WINDOW:
-            self._latency = seconds
-            self._latency_at = now
-            self._target = self._in_flight_for(seconds)
+        return self._in_flight.target(self._pacer.rate)
 
     def _ensure_started(self) -> None:
         if self._workers:
@@ -262,7 +218,7 @@ class DeliveryEngine:
 
     def _wake_all(self) -> None:
         with self._lock:
-            self._work.notify_all()
+            self._jobs.work.notify_all()
 
     # -- the caller's side -------------------------------------------------------------------
     def submit(self, event: AuditEvent) -> DeliveryHandle:
@@ -276,7 +232,7 @@ class DeliveryEngine:
             self._after_fork()
         handle = DeliveryHandle(event)
         if self._closed:
-            self._drop(event, handle, "shut down")
+            self._outcomes.dropped(event, handle, "shut down")
             return handle
         self._admit([Job(event, handle, _monotonic() + self.retry.deadline)])
         return handle
@@ -291,7 +247,7 @@ class DeliveryEngine:
         handles = [DeliveryHandle(event) for event in events]
         if self._closed:
             for handle in handles:
-                self._drop(handle.event, handle, "shut down")
+                self._outcomes.dropped(handle.event, handle, "shut down")
             return handles
         if handles:
             deadline = _monotonic() + self.retry.deadline
@@ -300,45 +256,24 @@ class DeliveryEngine:
 
     def _admit(self, jobs: Sequence[Job]) -> None:
         """Hand ``jobs`` to the backlog; queue in memory what it gives back."""
-        count = len(jobs)
-        with self._lock:
-            room = self.queue_size - self._pending
-            if room < count and self.when_full == "block" and not self._backlog.durable:
-                room = self._wait_for_room(count)
-            room = max(0, min(room, count))
-            self._pending += room  # reserved while the backlog takes them in
+        blocks = self.when_full == "block" and not self._backlog.durable
+        room = self._jobs.reserve(len(jobs), self.block_timeout if blocks else 0.0)
         try:
             queued, dropped = self._backlog.accept(jobs, room)
         except DeliveryError as error:
-            with self._lock:
-                self._pending -= room
-                self._changed.notify_all()
-            note_failure("outbox write", f"{count} event(s) ({jobs[0].event.action}) not "
+            self._jobs.put((), room)
+            note_failure("outbox write", f"{len(jobs)} event(s) ({jobs[0].event.action}) not "
                          f"written to the outbox: {error}", error=error)
             for job in jobs:
-                self._give_up(job.event, job.handle, error)
+                self._outcomes.gave_up(job.event, job.handle, error)
             return
-        with self._lock:
-            self._pending -= room - len(queued)
-            if queued:
-                self._ready.extend(queued)
-                if self._idle:
-                    self._work.notify(len(queued))
-            self.dropped += len(dropped)
-        for job in dropped:
-            self._drop(job.event, job.handle, "queue full")
+        self._jobs.put(queued, room)
+        if dropped:
+            self._jobs.count(dropped=len(dropped))
+            for job in dropped:
+                self._outcomes.dropped(job.event, job.handle, "queue full")
         if not self._workers:
             self._ensure_started()
-
-    def _wait_for_room(self, count: int) -> int:
-        # With the lock held: wait up to block_timeout for room for ``count`` jobs.
-        deadline = _monotonic() + self.block_timeout
-        while self._pending + count > self.queue_size and not self._closed:
-            left = deadline - _monotonic()
-            if left <= 0:
-                break
-            self._changed.wait(left)
-        return self.queue_size - self._pending
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait until every queued event is settled, at most ``timeout`` seconds.
@@ -349,15 +284,16 @@ class DeliveryEngine:
         """
         self._check_pid()
         deadline = None if timeout is None else _monotonic() + timeout
+        jobs = self._jobs
         while True:
             with self._lock:
                 # (a refill in progress holds rows claimed from disk but not yet queued)
-                while (self._pending or self._refilling) and not self._closed:
+                while (jobs.pending or self._refilling) and not self._closed:
                     left = None if deadline is None else deadline - _monotonic()
                     if left is not None and left <= 0:
                         break
-                    self._changed.wait(left)
-                pending = self._pending
+                    jobs.changed.wait(left)
+                pending = jobs.pending
             left = None if deadline is None else max(0.0, deadline - _monotonic())
             if self._closed:
                 return pending
@@ -369,8 +305,8 @@ class DeliveryEngine:
                 self._ensure_started()
                 with self._lock:
                     self._next_refill = 0.0
-                    self._work.notify()
-                    self._changed.wait(0.05 if left is None else min(left, 0.05))
+                    jobs.work.notify()
+                    jobs.changed.wait(0.05 if left is None else min(left, 0.05))
 
     def shutdown(self, timeout: float | None = None) -> int:
         """Flush for at most ``timeout`` seconds, then stop the threads and close.
@@ -385,31 +321,19 @@ class DeliveryEngine:
         if self._workers:
             remaining = self.flush(timeout)
         else:
-            remaining = self._pending + (0 if self._closed else self._backlog.waiting())
+            remaining = self._jobs.pending + (0 if self._closed else self._backlog.waiting())
         with self._lock:
             if self._closed:
                 return remaining
             self._stopping = self._closed = True
             self._stopped.set()
-            leftovers = list(self._ready) + [entry[2] for entry in self._delayed]
-            self._ready.clear()
-            self._delayed.clear()
-            self._pending -= len(leftovers)
-            self._work.notify_all()
-            self._changed.notify_all()
+            leftovers = self._jobs.take_all_waiting()
         for job in leftovers:
-            self._abandon(job, "shutdown")
+            self._outcomes.abandoned(job, "shutdown")
         for thread in self._threads:
             thread.join(None if timeout is None else max(0.0, start + timeout - _monotonic()))
-        with self._lock:  # requests still hanging after the deadline: give up on them too
-            stranded = list(self._in_flight)
-            self._in_flight.clear()
-            for job in stranded:
-                job.abandoned = True
-            self._pending -= len(stranded)
-            self._changed.notify_all()
-        for job in stranded:
-            self._abandon(job, "shutdown")
+        for job in self._jobs.take_in_flight():  # requests still hanging after the deadline
+            self._outcomes.abandoned(job, "shutdown")
         client = self._client
         if client is not None:
             try:
@@ -430,9 +354,9 @@ class DeliveryEngine:
                 if job is None:
                     return
                 if not self._pacer.wait_turn(self._stopped):
-                    if self._landed(job):
-                        self._release(job)
-                        self._abandon(job, "shutdown")
+                    if self._jobs.landed(job):
+                        self._jobs.finish()
+                        self._outcomes.abandoned(job, "shutdown")
                     continue
                 client = self._client
                 assert client is not None
@@ -446,12 +370,11 @@ class DeliveryEngine:
 
     def _salvage(self, job: Job, exc: Exception) -> None:
         """After an unexpected error: fail ``job`` if nothing else settled it."""
-        with self._lock:
-            mine = job in self._in_flight
-        if mine and self._landed(job):
-            self._finish_failed(job, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
+        if self._jobs.is_in_flight(job) and self._jobs.landed(job):
+            self._outcomes.failed(job, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
 
     def _take(self) -> Job | None:
+        jobs = self._jobs
         with self._lock:
             while True:
                 if self._stopping:
@@ -459,57 +382,39 @@ class DeliveryEngine:
                     return None
                 pause = self._gate.paused_for()
                 if pause > 0:  # the server is down: wait, then probe again
-                    self._wait_for_work(pause)
+                    jobs.wait_for_work(pause)
                     continue
                 now = _monotonic()
-                delayed = self._delayed
-                if delayed and delayed[0][0] <= now:
-                    job = heapq.heappop(delayed)[2]
-                elif self._ready:
-                    job = self._ready.popleft()
-                else:
-                    job = None
+                job = jobs.pop_due(now)
+                target = self._in_flight.target(self._pacer.rate)
                 if job is not None:
-                    self._in_flight.add(job)
-                    if self._ready and not self._idle and self._workers < self._target:
+                    if jobs.ready and not jobs.idle and self._workers < target:
                         self._spawn()  # more work than hands, and room for another
                     return job
-                if self._workers > self._target:  # more hands than the rate needs
+                if self._workers > target:  # more hands than the rate needs
                     self._workers -= 1
                     return None
-                wait = delayed[0][0] - now if delayed else None
+                wait = jobs.next_due_in(now)
                 if self._backlog.durable and not self._refilling:
-                    if now >= self._next_refill and self._pending < self.queue_size:
+                    if now >= self._next_refill and jobs.pending < jobs.capacity:
                         self._refill()
                         continue
                     until_refill = max(0.0, self._next_refill - now)
                     wait = until_refill if wait is None else min(wait, until_refill)
-                self._wait_for_work(wait)
-
-    def _wait_for_work(self, timeout: float | None) -> None:
-        # With the lock held, as an idle worker.
-        self._idle += 1
-        try:
-            self._work.wait(None if timeout is None else min(timeout, 3600.0))
-        finally:
-            self._idle -= 1
+                jobs.wait_for_work(wait)
 
     def _refill(self) -> None:
         """Take jobs from outside memory (called with the lock held, releases it)."""
         self._refilling = True
-        limit = min(self.queue_size - self._pending, 1000)
+        limit = min(self._jobs.capacity - self._jobs.pending, 1000)
         self._lock.release()
         try:
-            jobs = self._backlog.refill(limit, _monotonic() + self.retry.deadline)
+            claimed = self._backlog.refill(limit, _monotonic() + self.retry.deadline)
         finally:
             self._lock.acquire()
             self._refilling = False
-        self._next_refill = _monotonic() + (0.0 if len(jobs) >= limit else self.poll_interval)
-        self._ready.extend(jobs)
-        self._pending += len(jobs)
-        if jobs and self._idle:
-            self._work.notify(len(jobs))
-        self._changed.notify_all()
+        self._next_refill = _monotonic() + (0.0 if len(claimed) >= limit else self.poll_interval)
+        self._jobs.add_claimed(claimed)
 
     def _attempt(self, client: Poster, job: Job) -> None:
         job.attempts += 1
@@ -520,8 +425,8 @@ class DeliveryEngine:
             path, body, headers = self.destination.request_parts(event)
             response = client.post(path, body, headers)
         except NoAnswerError as exc:  # timeouts, refused, reset, protocol errors
-            self._observe(_monotonic() - started)
-            if not self._landed(job):
+            self._in_flight.observe(_monotonic() - started)
+            if not self._jobs.landed(job):
                 return
             kind = "timed out" if exc.timeout else "connection failed"
             self._gate.failed(None)
@@ -529,23 +434,23 @@ class DeliveryEngine:
                               None)
             return
         except Exception as exc:  # a bug (ours, the destination's, a transport's)
-            if not self._landed(job):
+            if not self._jobs.landed(job):
                 return
             if self._stopping:
-                self._release(job)
-                self._abandon(job, "shutdown")
+                self._jobs.finish()
+                self._outcomes.abandoned(job, "shutdown")
                 return
             note_failure("delivery request", f"cannot send event {event.action}: {exc!r}",
                          error=exc)
-            self._finish_failed(job, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
+            self._outcomes.failed(job, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
             return
-        self._observe(_monotonic() - started)
-        if not self._landed(job):
+        self._in_flight.observe(_monotonic() - started)
+        if not self._jobs.landed(job):
             return
         status = response.status
         if 200 <= status < 300:
             self._gate.answered()
-            self._finish_delivered(job)
+            self._outcomes.delivered(job)
         elif is_retryable_status(status):
             error = DeliveryError(f"HTTP {status}: {self.destination.error_message(response)}",
                                   status=status, retryable=True)
@@ -559,108 +464,29 @@ class DeliveryEngine:
         else:
             self._gate.answered()
             message = self.destination.error_message(response)
-            self._finish_failed(job, DeliveryError(
+            self._outcomes.failed(job, DeliveryError(
                 f"rejected with HTTP {status}: {message}", status=status, retryable=False),
                 dead=True)
-
-    def _landed(self, job: Job) -> bool:
-        """The request of ``job`` ended; ``False`` if shutdown already gave up on it."""
-        with self._lock:
-            self._in_flight.discard(job)
-        return not job.abandoned
 
     def _retry_later(self, job: Job, error: DeliveryError, wait: float | None) -> None:
         job.last_error = error
         delay = wait if wait is not None else self.retry.backoff(job.attempts)
         due = _monotonic() + delay
         if due > job.deadline:
-            self._expire(job, error)
+            self._outcomes.expired(job, error)
             return
         logger.debug("audit_instrument: attempt %d for event %s failed (%s); retrying in %.2fs",
                      job.attempts, job.event.action, error, delay)
-        with self._lock:
-            abandon = self._stopping
-            if not abandon:
-                first = not self._delayed or due < self._delayed[0][0]
-                heapq.heappush(self._delayed, (due, next(self._seq), job))
-                if first and self._idle:
-                    self._work.notify()
-        if abandon:
-            self._release(job)
-            self._abandon(job, "shutdown")
-
-    def _release(self, job: Job) -> None:
-        with self._lock:
-            self._pending -= 1
-            self._changed.notify_all()
-
-    def _expire(self, job: Job, error: DeliveryError) -> None:
-        message = (f"not delivered within the {self.retry.deadline:g}s deadline after "
-                   f"{job.attempts} attempt(s); last error: {error}")
-        if self._backlog.keep(job, self.retry.max_backoff):  # not given up: retried later
-            self._release(job)
-            if job.handle is not None:
-                job.handle.settle(DeliveryError(message + " (still pending in the outbox)",
-                                                 status=error.status, retryable=True))
-            return
-        self._finish_failed(job, DeliveryError(message, status=error.status, retryable=True),
-                            dead=False)
-
-    def _finish_delivered(self, job: Job) -> None:
-        self._backlog.delivered(job)
-        with self._lock:
-            self._pending -= 1
-            self.delivered += 1
-            self._changed.notify_all()
-        if job.handle is not None:
-            job.handle.settle(None)
-        signals.report_delivered(job.event, self.destination)
-
-    def _finish_failed(self, job: Job, error: DeliveryError, *, dead: bool) -> None:
-        if dead:
-            self._backlog.rejected(job, error)
-        else:
-            self._backlog.keep(job, self.retry.max_backoff)
-        with self._lock:
-            self._pending -= 1
-            self.failed += 1
-            self._changed.notify_all()
-        logger.warning("audit_instrument: event %s (%s) not delivered: %s",
-                       job.event.action, job.event.idempotency_key, error)
-        self._give_up(job.event, job.handle, error)
+        if not self._jobs.retry_at(job, due, self._stopping):
+            self._jobs.finish()
+            self._outcomes.abandoned(job, "shutdown")
 
     def _lost(self, event: AuditEvent, handle: DeliveryHandle | None,
               error: DeliveryError) -> None:
-        """An event the backlog could not keep after its caller returned."""
-        with self._lock:
-            self.failed += 1
-        self._give_up(event, handle, error)
-
-    def _give_up(self, event: AuditEvent, handle: DeliveryHandle | None,
-                 error: DeliveryError) -> None:
-        if handle is not None:
-            handle.settle(error)
-        signals.report_failed(event, self.destination, error)
-
-    def _abandon(self, job: Job, reason: str) -> None:
-        """A job leaves memory undelivered because the engine stops."""
-        if self._backlog.keep(job, 0.0):
-            if job.handle is not None:
-                job.handle.settle(DeliveryError(
-                    f"engine {reason} before delivery (still pending in the outbox)",
-                    retryable=True))
-            return
-        with self._lock:
-            self.dropped += 1
-        self._drop(job.event, job.handle, reason)
-
-    def _drop(self, event: AuditEvent, handle: DeliveryHandle | None, reason: str) -> None:
-        if handle is not None:
-            handle.settle(DeliveryError(f"event dropped: {reason}", retryable=False))
-        signals.report_dropped(event, self.destination, reason)
+        self._outcomes.lost(event, handle, error)
 
     def __repr__(self) -> str:
-        return (f"<DeliveryEngine {self.base_url} pending={self._pending} "
+        return (f"<DeliveryEngine {self.base_url} pending={self._jobs.pending} "
                 f"delivered={self.delivered} failed={self.failed} dropped={self.dropped}>")
 
 

@@ -31,13 +31,19 @@ import json
 import re
 import urllib.request
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import httpx
 
 from ..errors import AuditConfigError
 
-__all__ = ["Answer", "HttpxPoster", "NoAnswerError", "Poster", "Route", "make_poster", "route"]
+if TYPE_CHECKING:
+    from ..event import AuditEvent
+
+__all__ = [
+    "Answer", "Destination", "HttpxPoster", "NoAnswerError", "Poster", "Route", "make_poster",
+    "route",
+]
 
 
 class Answer(NamedTuple):
@@ -73,6 +79,21 @@ class Poster(Protocol):
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer: ...
 
     def close(self) -> None: ...
+
+
+class Destination(Protocol):
+    """What the engine needs from an HTTP sender (e.g. :class:`~audit_instrument.WorkOS`).
+
+    It builds the request for an event and reads the server's error message;
+    the engine does the rest.."""
+
+    def request_parts(self, event: AuditEvent) -> tuple[str, bytes, Mapping[str, str]]:
+        """``(path, body, headers)`` of the POST that delivers ``event``."""
+        ...
+
+    def error_message(self, response: Answer) -> str:
+        """The server's explanation of a failed answer, for errors and dead letters."""
+        ...
 
 
 class Route(NamedTuple):
