@@ -28,11 +28,12 @@ _HEADROOM = 1.5  # requests in flight beyond rate * latency
 def default_max_in_flight(requests_per_second: float | None) -> int:
     """The default cap on requests in flight: enough for the rate at 200 ms of latency.
 
-    (8 to 256; 16 without a rate.) It is a cap: fewer run while the latency
-    is lower.
+    (8 to 256.) It is a cap: fewer run while the latency is lower. Without
+    a rate, 4: more threads than that only contend for the interpreter
+    (``benchmarks/bench_delivery.py``, loopback).
     """
     if requests_per_second is None:
-        return 16
+        return 4
     return max(8, min(256, math.ceil(requests_per_second * 0.2)))
 
 

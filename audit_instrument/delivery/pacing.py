@@ -117,6 +117,7 @@ class Pacer:
         self._lock = threading.Lock()
         self._slots: collections.deque[float] = collections.deque()
         self._rate = self.ceiling
+        self._paused_until = 0.0  # without a rate: until when a 429 paused us
 
     def after_fork(self) -> None:
         """In a forked child: fresh lock, no slots reserved by the parent."""
@@ -149,7 +150,10 @@ class Pacer:
 
     def wait_turn(self, stopped: threading.Event) -> bool:
         """Block until this request's slot; ``False`` if ``stopped`` was set meanwhile."""
-        delay = self.next_slot() - _time()
+        if self.ceiling is None:  # no rate: only a 429's pause holds requests back
+            delay = self._paused_until - _time()
+        else:
+            delay = self.next_slot() - _time()
         if delay > _MIN_SLEEP:
             return not stopped.wait(min(delay, self.horizon))
         return not stopped.is_set()
@@ -188,12 +192,13 @@ class Pacer:
             if sent_at < state.cut_at:  # sent before the last cut: that one covered it
                 return state._replace(tat=max(state.tat, now + pause) if pause else state.tat)
             tat = max(min(state.tat, now + self.horizon), now + pause)
-            if ceiling is None:
-                return state._replace(tat=tat)
             rate = max(min(_FLOOR, ceiling), current_rate(state, ceiling, now) * _CUT)
             self._rate = rate
             return PaceState(tat=tat, rate=rate, cut_at=now)
 
         with self._lock:
             self._slots.clear()  # reserved at the old pace
+            if ceiling is None:
+                self._paused_until = max(self._paused_until, now + pause)
+                return
             self.store.update(cut)
