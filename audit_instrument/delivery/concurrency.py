@@ -4,8 +4,7 @@ By Little's law a rate of ``r`` requests/s at ``d`` seconds per request
 needs ``r * d`` requests in flight. The engine keeps ``r * d * 1.5 + 1``
 (jitter must not cost rate), at most its cap. ``d`` is the lowest request
 time of the last few seconds, as TCP BBR keeps its minimum round trip: the
-network's latency, not time spent waiting for this process's CPU, which
-more workers would only lengthen.
+network's latency, not time spent waiting for this process's CPU.
 
 >>> needs = InFlight(cap=64)
 >>> needs.observe(0.05)

@@ -204,7 +204,6 @@ class DeliveryEngine:
         """Start one more worker (with the lock held)."""
         if self._client is None:
             self._client = make_poster(self.base_url, timeout=self.timeout,
-                                       max_connections=self.max_in_flight,
                                        transport=self._transport)
         # A fresh, empty context: the engine's own work never carries the
         # caller's audit actor, so it cannot produce audit events.
@@ -352,6 +351,9 @@ class DeliveryEngine:
             try:
                 job = self._take()
                 if job is None:
+                    client = self._client
+                    if client is not None:
+                        client.thread_done()
                     return
                 if not self._pacer.wait_turn(self._stopped):
                     if self._jobs.landed(job):
@@ -384,16 +386,16 @@ class DeliveryEngine:
                 if pause > 0:  # the server is down: wait, then probe again
                     jobs.wait_for_work(pause)
                     continue
+                target = self._in_flight.target(self._pacer.rate)
+                if self._workers > target:  # more hands than the rate needs
+                    self._workers -= 1
+                    return None
                 now = _monotonic()
                 job = jobs.pop_due(now)
-                target = self._in_flight.target(self._pacer.rate)
                 if job is not None:
                     if jobs.ready and not jobs.idle and self._workers < target:
                         self._spawn()  # more work than hands, and room for another
                     return job
-                if self._workers > target:  # more hands than the rate needs
-                    self._workers -= 1
-                    return None
                 wait = jobs.next_due_in(now)
                 if self._backlog.durable and not self._refilling:
                     if now >= self._next_refill and jobs.pending < jobs.capacity:

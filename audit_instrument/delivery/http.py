@@ -29,6 +29,8 @@ import http
 import ipaddress
 import json
 import re
+import ssl
+import threading
 import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -77,6 +79,10 @@ class Poster(Protocol):
     """What the engine sends requests through."""
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer: ...
+
+    def thread_done(self) -> None:
+        """The calling thread sends no more requests."""
+        ...
 
     def close(self) -> None: ...
 
@@ -161,18 +167,50 @@ def _environment_proxy(host: str) -> str | None:
 
 
 class HttpxPoster:
-    """POST through an :class:`httpx.BaseTransport` (one pool shared by the workers)."""
+    """POST through httpx: each worker thread has its own keep-alive connection.
 
-    def __init__(self, base_url: str, transport: httpx.BaseTransport, *, timeout: float) -> None:
+    One :class:`httpx.HTTPTransport` (a pool of one connection) per thread,
+    all sharing one TLS context and proxy: httpcore 1.0's pool does work
+    quadratic in its connections on every request (encode/httpcore#1035),
+    which at 70 connections cost 2-4 ms of CPU per request here
+    (``benchmarks/bench_delivery.py``, ``requests_per_second=1000``); a pool
+    of one does none. A ``transport`` given by the caller is shared by all.
+    """
+
+    def __init__(self, base_url: str, *, timeout: float, proxy: str | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self._base_url = base_url.rstrip("/")
-        self._transport = transport
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._shared = transport
+        self._proxy = proxy
+        self._tls: ssl.SSLContext | None = None  # made once, on first use
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._own: dict[int, httpx.BaseTransport] = {}  # per thread
+        self._closed = False
+
+    def _transport(self) -> httpx.BaseTransport:
+        if self._shared is not None:
+            return self._shared
+        transport: httpx.BaseTransport | None = self._local.__dict__.get("transport")
+        if transport is None:
+            with self._lock:
+                if self._closed:
+                    raise NoAnswerError("the HTTP client is closed")
+                if self._tls is None:
+                    self._tls = httpx.create_ssl_context(trust_env=True)  # SSL_CERT_FILE/DIR
+                transport = httpx.HTTPTransport(
+                    verify=self._tls, proxy=self._proxy,
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                self._own[threading.get_ident()] = transport
+            self._local.transport = transport
+        return transport
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         request = httpx.Request("POST", self._base_url + path, content=body,
                                 headers=headers, extensions=self._extensions)
         try:
-            response = self._transport.handle_request(request)
+            response = self._transport().handle_request(request)
             try:
                 data = response.read()
             finally:
@@ -184,18 +222,30 @@ class HttpxPoster:
         return Answer(response.status_code,
                       {k.lower(): v for k, v in response.headers.items()}, data)
 
+    def thread_done(self) -> None:
+        """The calling thread sends no more: close its connection."""
+        transport = self._local.__dict__.pop("transport", None)
+        if transport is not None:
+            with self._lock:
+                self._own.pop(threading.get_ident(), None)
+            transport.close()
+
     def close(self) -> None:
-        self._transport.close()
+        """Close every connection (requests in flight fail or are abandoned)."""
+        if self._shared is not None:
+            self._shared.close()
+            return
+        with self._lock:
+            self._closed = True
+            transports, self._own = list(self._own.values()), {}
+        for transport in transports:
+            transport.close()
 
 
-def make_poster(base_url: str, *, timeout: float, max_connections: int,
-                transport: httpx.BaseTransport | None = None) -> Poster:
-    """The poster for ``base_url``: over ``transport`` if given, else over one
-    :class:`httpx.HTTPTransport` pooling up to ``max_connections`` connections,
-    through the proxy :func:`route` chose."""
+def make_poster(base_url: str, *, timeout: float,
+                transport: httpx.BaseTransport | None = None) -> HttpxPoster:
+    """The poster for ``base_url``: over ``transport`` if given, else over
+    connections of its own through the proxy :func:`route` chose."""
     where = route(base_url)
-    if transport is None:
-        limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
-        transport = httpx.HTTPTransport(limits=limits, proxy=where.proxy, trust_env=True)
-    return HttpxPoster(where.base_url, transport, timeout=timeout)
+    return HttpxPoster(where.base_url, timeout=timeout,
+                       proxy=None if transport is not None else where.proxy, transport=transport)

@@ -154,12 +154,15 @@ class Outbox:
 
     # -- fork -----------------------------------------------------------------------------------
     def after_fork(self) -> None:
-        """In a forked child: a connection, locks and a committer of its own."""
+        """In a forked child: a connection, locks and a committer of its own (once)."""
+        if self._pid == os.getpid():
+            return
         self._commits.after_fork()
         # The parent's connection (closed before the fork unless a write held it
         # too long) is never used nor closed here: closing it could disturb the parent.
         _inherited.append(self._conn)
         if self._closed:
+            self._pid = os.getpid()
             self._db_lock = threading.Lock()
             return
         self._setup()

@@ -185,8 +185,12 @@ class Pacer:
         ``retry_after`` is the server's wait in seconds, already capped.
         """
         now = _time()
-        ceiling = self.ceiling
         pause = 0.0 if retry_after is None else min(retry_after, self.horizon)
+        ceiling = self.ceiling
+        if ceiling is None:  # no rate to cut: only pause
+            with self._lock:
+                self._paused_until = max(self._paused_until, now + pause)
+            return
 
         def cut(state: PaceState) -> PaceState:
             if sent_at < state.cut_at:  # sent before the last cut: that one covered it
@@ -198,7 +202,4 @@ class Pacer:
 
         with self._lock:
             self._slots.clear()  # reserved at the old pace
-            if ceiling is None:
-                self._paused_until = max(self._paused_until, now + pause)
-                return
             self.store.update(cut)
