@@ -180,6 +180,7 @@ class HttpxPoster:
     def __init__(self, base_url: str, *, timeout: float, proxy: str | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
         self._base_url = base_url.rstrip("/")
+        self._urls: dict[str, httpx.URL] = {}
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._shared = transport
         self._proxy = proxy
@@ -207,8 +208,11 @@ class HttpxPoster:
         return transport
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
-        request = httpx.Request("POST", self._base_url + path, content=body,
-                                headers=headers, extensions=self._extensions)
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path, not per request
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        request = httpx.Request("POST", url, content=body, headers=headers,
+                                extensions=self._extensions)
         try:
             response = self._transport().handle_request(request)
             try:
