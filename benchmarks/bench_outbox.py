@@ -13,6 +13,9 @@ Run:  python benchmarks/bench_outbox.py [--threads 32] [--events 40000] [--down-
    * ``persist-queue``'s ``SQLiteAckQueue`` (a durable-queue library: WAL,
      SQLite's default ``synchronous=FULL``, one commit per ``put``) from the
      same number of threads: the peer.
+   * ``WorkOS(outbox=..., durability=...).create_event`` in both modes: the
+     same, with the delivery engine in front (the server down, so events
+     stay in the outbox);
    * a naive writer: ONE thread committing each event in its own
      transaction, same schema and settings — the honest baseline (many
      threads fighting over the file's write lock only make it slower).
@@ -88,6 +91,27 @@ def bench_outbox(directory: Path, threads: int, count: int,
     rate = _run_threads(threads, events, write, finish=lambda: box.sync())
     assert box.status().pending == count
     box.close()
+    return rate
+
+
+def bench_create_event(directory: Path, threads: int, count: int,
+                       durability: Literal["commit", "batch"]) -> float:
+    """``WorkOS.create_event`` with an outbox (the engine included), the server down."""
+    with socket.socket() as probe:  # nothing listens: events stay in the outbox
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    box = Outbox(directory / f"we-{durability}.db", synchronous=SYNC, durability=durability)
+    workos = WorkOS("sk_test", base_url=url, outbox=box, atexit_timeout=0,
+                    retry=RetryPolicy(initial_backoff=1.0, max_backoff=30.0, deadline=3600.0))
+    events = [_event(n) for n in range(count)]
+
+    def write(chunk: list[AuditEvent]) -> None:
+        for item in chunk:
+            workos.create_event(item)
+
+    rate = _run_threads(threads, events, write, finish=lambda: box.sync())
+    assert box.status().pending == count
+    workos.shutdown(0)
     return rate
 
 
@@ -232,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global SYNC
     SYNC = "NORMAL" if args.synchronous == "NORMAL" else "FULL"
-    names = ("batch", "commit", "persist-queue", "naive, 1 thread")
+    names = ("batch", "commit", "create_event, batch", "create_event, commit", "persist-queue",
+             "naive, 1 thread")
     rates: dict[str, list[float]] = {name: [] for name in names}
     fsyncs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
@@ -240,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, Callable[[], float]] = {
             "batch": lambda: bench_outbox(directory, args.threads, args.events, "batch"),
             "commit": lambda: bench_outbox(directory, args.threads, args.events, "commit"),
+            "create_event, batch": lambda: bench_create_event(directory, args.threads,
+                                                              args.events, "batch"),
+            "create_event, commit": lambda: bench_create_event(directory, args.threads,
+                                                               args.events, "commit"),
             "persist-queue": lambda: bench_persist_queue(directory, args.threads,
                                                          args.peer_events),
             "naive, 1 thread": lambda: bench_naive(directory, args.peer_events),
@@ -264,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| writer | events/s committed | vs naive 1-thread | vs persist-queue | target |")
     print("| --- | ---:| ---:| ---:| --- |")
     targets = {"batch": ">= 50,000/s", "commit": ">= 5x persist-queue",
+               "create_event, batch": "", "create_event, commit": "",
                "persist-queue": "peer", "naive, 1 thread": "baseline"}
-    labels = {"batch": 'Outbox, durability="batch"', "commit": 'Outbox, durability="commit"',
+    labels = {"batch": 'Outbox.add, durability="batch"',
+              "commit": 'Outbox.add, durability="commit"',
+              "create_event, batch": 'WorkOS.create_event, durability="batch"',
+              "create_event, commit": 'WorkOS.create_event, durability="commit"',
               "persist-queue": "persist-queue SQLiteAckQueue.put",
               "naive, 1 thread": "naive: 1 thread, 1 commit per event"}
     for name in names:
