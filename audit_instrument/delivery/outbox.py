@@ -216,9 +216,10 @@ class Outbox:
                                 f"{'closed' if self._closed else 'opened read-only'}")
         now = time.time()
         owner, pid, until = (self._owner, self._pid, now + lease) if owned else (None, None, 0.0)
-        # The committer serialises the events, not the caller.
-        ops: list[_Op] = [("add", (e.idempotency_key, e, now, owner, pid, until), on_error)
-                          for e in events]
+        # Serialised here, by each caller: in parallel with the SQLite work of a
+        # commit in progress, which runs without the GIL (bench_outbox).
+        ops: list[_Op] = [("add", (e.idempotency_key, e.to_json(), now, owner, pid, until, e),
+                           on_error) for e in events]
         if ops:
             self._submit(ops, self.durability == "commit" if wait is None else wait)
 
@@ -260,7 +261,7 @@ class Outbox:
         unheard = 0
         for kind, params, on_error in ops:
             if kind == "add" and on_error is not None:
-                lost.setdefault(on_error, []).append(params[1])
+                lost.setdefault(on_error, []).append(params[-1])
             else:
                 unheard += 1
         for on_error, events in lost.items():
@@ -274,8 +275,7 @@ class Outbox:
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for kind, params, _ in ops:
             groups.setdefault(kind, []).append(params)
-        adds = [(key, event.to_json(), at, owner, pid, until)
-                for key, event, at, owner, pid, until in groups.get("add", ())]
+        adds = [params[:6] for params in groups.get("add", ())]
         with self._db_lock:
             conn = self._conn
             if len(groups) == 1 and 0 < len(adds) <= ROWS_PER_INSERT:
