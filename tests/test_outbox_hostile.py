@@ -174,3 +174,13 @@ def test_a_sender_refuses_an_audit_store_as_its_outbox(tmp_path: Path) -> None:
     with pytest.raises(AuditConfigError, match="not an outbox"):
         Outbox(path)
     assert path.read_bytes() == before
+
+
+def test_an_event_that_cannot_be_encoded_is_refused_alone(tmp_path: Path) -> None:
+    huge = make_event(1)
+    object.__setattr__(huge, "metadata", {"n": 10**5000})  # past validation
+    with Outbox(tmp_path / "outbox.db") as box:
+        with pytest.raises(DeliveryError, match="cannot be written"):
+            box.add(huge)
+        box.add(make_event(2))
+        assert box.status().pending == 1

@@ -218,8 +218,12 @@ class Outbox:
         owner, pid, until = (self._owner, self._pid, now + lease) if owned else (None, None, 0.0)
         # Serialised here, by each caller: in parallel with the SQLite work of a
         # commit in progress, which runs without the GIL (bench_outbox).
-        ops: list[_Op] = [("add", (e.idempotency_key, e.to_json(), now, owner, pid, until, e),
-                           on_error) for e in events]
+        try:
+            ops: list[_Op] = [("add", (e.idempotency_key, e.to_json(), now, owner, pid, until, e),
+                               on_error) for e in events]
+        except (ValueError, TypeError, RecursionError) as exc:  # not encodable: none written
+            raise DeliveryError(f"outbox {str(self.path)!r}: an event cannot be written: "
+                                f"{type(exc).__name__}") from None
         if ops:
             self._submit(ops, self.durability == "commit" if wait is None else wait)
 
