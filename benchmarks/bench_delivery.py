@@ -14,12 +14,15 @@ Scenarios (one run; the loopback one takes medians of ``--rounds``):
 1. **Loopback** (no latency, no limit): caller p50/p99 per ``create_event``
    and delivery rate, ours unpaced (``requests_per_second=None``) against
    the SDK from one thread. Targets: caller p50 <= 0.02x, rate >= 1.5x.
+   For reference, the HTTP stack alone: one thread POSTing through an
+   ``httpx.HTTPTransport`` (no engine), its rate and CPU per request, on
+   loopback and 50 ms away.
 2. **50 ms latency, server limited to 100/s** (WorkOS's 6,000 per 60 s):
    ours with defaults against the SDK from 1 and 16 threads. Target: ours
    >= 90 events/s with 0 429s.
 3. **50 ms latency, no limit, ``requests_per_second=1000``**: target >= 900
    events/s at <= 300 µs of client CPU per event (this process's CPU time,
-   ``create_event`` from the seed dict included, divided by the events).
+   ``create_event`` from the dict included, divided by the events).
 4. **50 ms latency, server limited to 50/s, ours configured for 100/s**:
    target 429s < 5 % of requests after the first 10 s, nothing lost.
 """
@@ -38,13 +41,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from audit_instrument.delivery import RetryPolicy
 from audit_instrument.event import AuditEvent
 from audit_instrument.senders.workos import WorkOS
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "support" / "workos_server.py"
-SEED = {
+LEGACY_EVENT = {
     "group": "org_1", "action": "tweet.update", "action_type": "U",
     "actor_name": "user@email.com", "actor_id": "user_1",
     "target_name": "user@email.com", "target_id": "tweet_5", "location": "1.1.1.1",
@@ -134,7 +139,7 @@ def run_ours(server: Server, count: int, **options: Any) -> dict[str, float]:
     """Deliver ``count`` events through a WorkOS sender; rate, caller times, CPU per event."""
     workos = WorkOS("sk_test", base_url=server.url, api="audit_logs",
                     retry=RetryPolicy(deadline=3600.0), **options)
-    workos.create_event(SEED).result(60)  # warm-up: threads and connections up
+    workos.create_event(LEGACY_EVENT).result(60)  # warm-up: threads and connections up
     server.call("/_reset", {})
     times: list[int] = []
     dict_times: list[int] = []
@@ -143,13 +148,13 @@ def run_ours(server: Server, count: int, **options: Any) -> dict[str, float]:
     start = time.perf_counter()
     for n in range(count):
         if n % 2:  # like the SDK loop: the event object is built before the timed call
-            built = AuditEvent.from_dict(SEED)
+            built = AuditEvent.from_dict(LEGACY_EVENT)
             t0 = clock()
             workos.create_event(built)
             times.append(clock() - t0)
-        else:  # from the seed dict: validation and building included in the timed call
+        else:  # from the dict: validation and building included in the timed call
             t0 = clock()
-            workos.create_event(SEED)
+            workos.create_event(LEGACY_EVENT)
             dict_times.append(clock() - t0)
     left = workos.flush(600)
     elapsed = time.perf_counter() - start
@@ -178,6 +183,29 @@ def run_peer(server: Server, count: int, python: Path, threads: int = 1) -> dict
             "failed": result["failed"]}
 
 
+def run_bare(server: Server, count: int) -> dict[str, float]:
+    """The HTTP stack alone: one thread POSTing through an httpx.HTTPTransport."""
+    server.call("/_reset", {})
+    body = json.dumps(WorkOS("sk_test", base_url=server.url, api="audit_logs",
+                             requests_per_second=None).body(AuditEvent.from_dict(LEGACY_EVENT))).encode()
+    transport = httpx.HTTPTransport()
+    url = httpx.URL(server.url + "/audit_logs/events")
+    extensions = {"timeout": httpx.Timeout(10.0).as_dict()}
+    cpu = time.process_time()
+    start = time.perf_counter()
+    for n in range(count):
+        request = httpx.Request("POST", url, content=body, extensions=extensions, headers={
+            "Authorization": "Bearer sk_test", "Content-Type": "application/json",
+            "Idempotency-Key": f"bare-{n}"})
+        response = transport.handle_request(request)
+        response.read()
+        response.close()
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    transport.close()
+    return {"rate": count / elapsed, "cpu_us": cpu / count * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=3000, help="loopback events per round")
@@ -197,15 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ours: list[dict[str, float]] = []
         peer: list[dict[str, float]] = []
+        bare: list[dict[str, float]] = []
         server.setup()
         for _ in range(args.rounds):  # interleaved, so machine noise hits both sides
             ours.append(run_ours(server, n(args.events), requests_per_second=None))
             peer.append(run_peer(server, n(args.events), python))
+            bare.append(run_bare(server, n(args.events)))
         server.setup(latency=0.05, rate_limit=100)
         default = run_ours(server, n(1500))
         sdk_1 = run_peer(server, n(200), python, threads=1)
         sdk_16 = run_peer(server, n(1500), python, threads=16)
         server.setup(latency=0.05)
+        bare_far = run_bare(server, n(200))
         fast = run_ours(server, n(10_000), requests_per_second=1000)
         server.setup(latency=0.05, rate_limit=50)
         limited = run_ours(server, n(1500), requests_per_second=100)
@@ -225,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                                ("delivery rate (events/s)", "rate", ">= 1.5x")):
         a, b = med(ours, key), med(peer, "p50" if key == "dict_p50" else key)
         print(f"| {label:34} | {a:16.1f} | {b:10.1f} | {a / b:6.3f}x | {target:6} |")
+    print(f"\nThe HTTP stack alone (one thread, httpx.HTTPTransport, no engine): loopback "
+          f"{med(bare, 'rate'):.0f} requests/s at {med(bare, 'cpu_us'):.0f} µs CPU each; "
+          f"50 ms away {bare_far['cpu_us']:.0f} µs CPU each")
 
     print("\n2-4. Server 50 ms away (one run)\n")
     print("| scenario | sender | events/s | requests | 429s | 429s after 10 s | "

@@ -104,7 +104,7 @@ class WorkOS:
     """Send audit events to WorkOS in the background, with retries.
 
     ``api_key`` defaults to the ``WORKOS_API_KEY`` environment variable.
-    ``api="events"`` speaks the seed's ``POST /events``; ``"audit_logs"`` the
+    ``api="events"`` speaks the legacy ``POST /events`` format; ``"audit_logs"`` the
     current ``POST /audit_logs/events`` (``group`` → ``organization_id``;
     ``actor_type`` default ``"user"``, ``target_type`` default the action's
     category, optional schema ``version``).
@@ -191,7 +191,7 @@ class WorkOS:
         return self._engine.outbox
 
     def create_event(self, event: AuditEvent | Mapping[str, Any]) -> DeliveryHandle:
-        """Queue ``event`` (an :class:`AuditEvent` or the seed's dict) and return at once.
+        """Queue ``event`` (an :class:`AuditEvent` or a legacy ``/events`` dict); return at once.
 
         A bad event raises :class:`~audit_instrument.AuditValidationError`
         here, in the caller. Delivery problems never raise: they settle the

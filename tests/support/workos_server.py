@@ -73,7 +73,7 @@ _REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-_SEED_REQUIRED = ("group", "action", "action_type", "actor_name", "actor_id", "target_name",
+_LEGACY_REQUIRED = ("group", "action", "action_type", "actor_name", "actor_id", "target_name",
                   "target_id", "occurred_at", "metadata")
 
 
@@ -460,7 +460,7 @@ def _problem(path: str, body: Any) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     if path == "/events":
-        missing = [k for k in _SEED_REQUIRED if k not in body]
+        missing = [k for k in _LEGACY_REQUIRED if k not in body]
         return f"missing {missing}" if missing else None
     event = body.get("event")
     if "organization_id" not in body or not isinstance(event, dict):
