@@ -1,4 +1,5 @@
-"""How many requests to keep in flight: enough to reach the rate at the latency observed.
+"""How many requests to keep in flight: enough to reach the rate at the latency observed
+(and the check of the engine's concurrency and queue options).
 
 By Little's law a rate of ``r`` requests/s at ``d`` seconds per request
 needs ``r * d`` requests in flight. The engine keeps ``r * d * 1.5 + 1``
@@ -16,8 +17,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 
-__all__ = ["InFlight", "default_max_in_flight"]
+from ..errors import AuditConfigError
+
+__all__ = ["InFlight", "check_options", "default_max_in_flight"]
 
 _LATENCY_GUESS = 0.1  # seconds per request assumed before any was measured
 _LATENCY_WINDOW = 10.0  # seconds over which the lowest request time is remembered
@@ -56,3 +60,24 @@ class InFlight:
         if rate is None:
             return self.cap
         return max(1, min(self.cap, math.ceil(rate * self.latency * _HEADROOM) + 1))
+
+
+def check_options(*, requests_per_second: object, max_in_flight: object, burst: object,
+                  queue_size: object, when_full: object, seconds: Mapping[str, object]) -> None:
+    """Raise :class:`~audit_instrument.AuditConfigError` for an engine option that can't be."""
+    if requests_per_second is not None and (
+            isinstance(requests_per_second, bool)
+            or not isinstance(requests_per_second, (int, float))
+            or not 0 < requests_per_second < math.inf):
+        raise AuditConfigError(f"requests_per_second must be a number > 0 (or None), "
+                               f"not {requests_per_second!r}")
+    for name, count in (("max_in_flight", max_in_flight), ("burst", burst)):
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise AuditConfigError(f"{name} must be an int >= 1, not {count!r}")
+    if not isinstance(queue_size, int) or queue_size < 1:
+        raise AuditConfigError(f"queue_size must be an int >= 1, not {queue_size!r}")
+    if when_full not in ("block", "drop"):
+        raise AuditConfigError(f"when_full must be 'block' or 'drop', not {when_full!r}")
+    for name, value in seconds.items():
+        if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise AuditConfigError(f"{name} must be a number of seconds >= 0, not {value!r}")

@@ -26,7 +26,6 @@ import atexit
 import contextvars
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -37,10 +36,10 @@ from typing import Literal
 import httpx
 
 from .._stats import note_failure
-from ..errors import AuditConfigError, DeliveryError
+from ..errors import DeliveryError
 from ..event import AuditEvent
 from .backlog import Backlog, MemoryBacklog, OutboxBacklog
-from .concurrency import InFlight, default_max_in_flight
+from .concurrency import InFlight, check_options, default_max_in_flight
 from .handle import DeliveryHandle
 from .http import Destination, NoAnswerError, Poster, make_poster, route
 from .jobs import Job, JobQueue
@@ -93,23 +92,11 @@ class DeliveryEngine:
         transport: httpx.BaseTransport | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        if requests_per_second is not None and (
-                isinstance(requests_per_second, bool)
-                or not isinstance(requests_per_second, (int, float))
-                or not 0 < requests_per_second < math.inf):
-            raise AuditConfigError(f"requests_per_second must be a number > 0 (or None), "
-                                   f"not {requests_per_second!r}")
-        for name, count in (("max_in_flight", max_in_flight), ("burst", burst)):
-            if count is not None and (not isinstance(count, int) or count < 1):
-                raise AuditConfigError(f"{name} must be an int >= 1, not {count!r}")
-        if not isinstance(queue_size, int) or queue_size < 1:
-            raise AuditConfigError(f"queue_size must be an int >= 1, not {queue_size!r}")
-        if when_full not in ("block", "drop"):
-            raise AuditConfigError(f"when_full must be 'block' or 'drop', not {when_full!r}")
-        for name, value in (("timeout", timeout), ("block_timeout", block_timeout),
-                            ("atexit_timeout", atexit_timeout), ("poll_interval", poll_interval)):
-            if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise AuditConfigError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        check_options(requests_per_second=requests_per_second, max_in_flight=max_in_flight,
+                      burst=burst, queue_size=queue_size, when_full=when_full,
+                      seconds={"timeout": timeout, "block_timeout": block_timeout,
+                               "atexit_timeout": atexit_timeout,
+                               "poll_interval": poll_interval})
         self.destination = destination
         self.base_url = route(base_url).base_url
         self.timeout = timeout
