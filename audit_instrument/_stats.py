@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -36,6 +37,16 @@ SUMMARY_INTERVAL = 60.0
 _MAX_CAUSES = 1000  # distinct causes remembered; later new ones are counted under "other"
 
 _lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A thread of the parent (a delivery worker counting an outcome) may hold the
+    # lock at fork time; in the child that thread is gone and the lock stays taken.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 class _Counter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -113,3 +114,31 @@ def test_an_error_of_the_database_itself_fails_the_batch_without_retries() -> No
         thread.join()
     assert len(failures) == 8
     assert attempts == [1, 7]  # the first alone, then the seven queued behind it: no retries
+
+
+class SlowTable(Table):
+    """A table whose writes take a millisecond, like a disk's flush."""
+
+    def write(self, items: list[str]) -> None:
+        time.sleep(0.001)
+        super().write(items)
+
+
+def test_waiting_callers_share_writes_and_each_returns_once_its_own_is_done() -> None:
+    table = SlowTable()
+    commits = GroupCommit(table.write, name="test")
+    done: list[int] = []
+
+    def writer(n: int) -> None:
+        for k in range(50):
+            commits.submit([f"{n}-{k}"])
+        done.append(n)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(done) == list(range(8))
+    assert len(table.rows) == 400 and len(table.writes) < 400  # shared transactions
+    assert commits.flush(5) and commits.queued == 0

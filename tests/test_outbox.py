@@ -112,7 +112,7 @@ def test_many_threads_commit_every_event(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert box.status().pending == 800
-    assert {e.idempotency_key for e, _ in box.claim(1000)} == {e.idempotency_key for e in events}
+    assert {e.idempotency_key for e in box.claim(1000)} == {e.idempotency_key for e in events}
     box.close()
 
 

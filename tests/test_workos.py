@@ -41,17 +41,17 @@ AUDIT_LOGS_BODY = {
 }
 
 
-@pytest.mark.parametrize("seed", [TWEET_UPDATE, USER_LOGIN], ids=["tweet.update", "user.login"])
-def test_events_api_sends_the_seed_json_and_headers(
-    server: WorkOSServer, make_workos: MakeWorkOS, seed: dict[str, Any]
+@pytest.mark.parametrize("legacy", [TWEET_UPDATE, USER_LOGIN], ids=["tweet.update", "user.login"])
+def test_events_api_sends_the_legacy_json_and_headers(
+    server: WorkOSServer, make_workos: MakeWorkOS, legacy: dict[str, Any]
 ) -> None:
     workos = make_workos()
-    handle = workos.create_event(seed)
+    handle = workos.create_event(legacy)
     handle.result(timeout=5)
     [request] = server.requests
     assert (request.method, request.path) == ("POST", "/events")
-    assert request.json() == seed
-    assert list(request.json()) == list(seed)  # the seed's key order
+    assert request.json() == legacy
+    assert list(request.json()) == list(legacy)  # the legacy format's key order
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert request.headers["content-type"] == "application/json"
     assert request.headers["idempotency-key"] == handle.event.idempotency_key

@@ -65,9 +65,14 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 86400}d"
 
 
-def _open(path: str) -> Outbox:
+def _open(path: str, *, write: bool) -> Outbox:
+    """The outbox at ``path``: read-only to look at it; checked read-only first to change it."""
     if not Path(path).is_file():
         raise CommandError(f"no outbox at {path!r} (it is created by WorkOS(..., outbox=PATH))")
+    box = Outbox(path, read_only=True)  # refuses a file that is not an outbox, writing nothing
+    if not write:
+        return box
+    box.close()
     return Outbox(path)
 
 
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"expected [DB] {'|'.join(_ACTIONS)} (got {' '.join(words)!r})")
     action = words[-1]
     path = words[0] if len(words) == 2 else DEFAULT_OUTBOX
-    with _open(path) as box:
+    with _open(path, write=action == "retry") as box:
         if action == "status":
             return _status(box, path, args.json)
         if action == "dead":
@@ -142,7 +147,7 @@ def _send(path: str, args: argparse.Namespace) -> int:
             if not left or time.monotonic() >= deadline:
                 break
     workos.shutdown(5)
-    with Outbox(path) as box:
+    with Outbox(path, read_only=True) as box:
         status = box.status()
     print(f"{path}: {status.pending} pending, {status.dead} dead after sending")
     if status.pending or status.dead:

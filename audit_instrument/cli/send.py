@@ -26,7 +26,7 @@ def register(commands: Commands) -> None:
     parser.add_argument("--base-url", default="https://api.workos.com",
                         help="WorkOS API base URL (default https://api.workos.com)")
     parser.add_argument("--api", choices=("events", "audit_logs"), default="events",
-                        help="the seed's POST /events (default) or POST /audit_logs/events")
+                        help="the legacy POST /events format (default) or POST /audit_logs/events")
     parser.add_argument("--group", default="audit-instrument-test",
                         help="group / organization id of the test event")
     parser.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",

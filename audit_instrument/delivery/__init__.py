@@ -1,19 +1,30 @@
-"""Delivery for network senders: queue, background workers, retries, handles, outbox.
+"""Delivery for network senders: backlog, paced workers, retries, handles, the outbox.
 
 Reusable by any HTTP sender that implements :class:`Destination`;
 :class:`~audit_instrument.WorkOS` is the first.
 
-* :mod:`.engine` — :class:`DeliveryEngine`: bounded queue, worker threads, one httpx client
+* :mod:`.engine` — :class:`DeliveryEngine`: paced worker threads over one httpx transport
+* :mod:`.backlog` — where work comes from: memory, or the outbox
+* :mod:`.pacing` — :class:`Pacer`: requests per second, slower after 429
+* :mod:`.outage` — :class:`OutageGate`: a server that is down is probed, not hammered
 * :mod:`.handle` — :class:`DeliveryHandle`: ``result(timeout)``, ``await``, callbacks
 * :mod:`.retry` — :class:`RetryPolicy`: which answers to retry and how long to wait
-* :mod:`.outbox` — :class:`Outbox`: the durable SQLite outbox (group commit, leases, dead letters)
+* :mod:`.outbox` — :class:`Outbox`: the durable SQLite outbox (durability modes, leases,
+  dead letters)
+* :mod:`.group_commit` — :class:`GroupCommit`: many writers, one transaction
+* :mod:`.http` — the :class:`Poster` seam and :func:`route`, the one rule for where
+  requests may go
 """
 
 from __future__ import annotations
 
-from .engine import DeliveryEngine, Destination
+from .concurrency import default_max_in_flight
+from .engine import DeliveryEngine
 from .handle import DeliveryHandle
+from .http import Destination, route
+from .outage import OutageGate
 from .outbox import DeadLetter, Outbox, OutboxStatus
+from .pacing import Pacer
 from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 
 __all__ = [
@@ -22,8 +33,12 @@ __all__ = [
     "DeliveryEngine",
     "DeliveryHandle",
     "Destination",
+    "OutageGate",
     "Outbox",
     "OutboxStatus",
+    "Pacer",
     "RetryPolicy",
+    "default_max_in_flight",
     "parse_retry_after",
+    "route",
 ]

@@ -116,7 +116,7 @@ class DeliveryHandle:
             future: asyncio.Future[None] = loop.create_future()
 
             def wake(_: DeliveryHandle) -> None:
-                loop.call_soon_threadsafe(_settle, future)
+                loop.call_soon_threadsafe(_wake, future)
 
             self.add_done_callback(wake)
             yield from future.__await__()
@@ -125,8 +125,11 @@ class DeliveryHandle:
         return self.event
 
     # -- settling (the engine's side) ---------------------------------------------------
-    def _settle(self, error: DeliveryError | None) -> bool:
-        """Mark delivered (``error is None``) or failed; ``False`` if already settled."""
+    def settle(self, error: DeliveryError | None) -> bool:
+        """Mark delivered (``error is None``) or failed; ``False`` if already settled.
+
+        Called by whoever delivers the event (the engine), once.
+        """
         with _lock:
             if self._state != _PENDING:
                 return False
@@ -145,7 +148,7 @@ class DeliveryHandle:
         return f"<DeliveryHandle {self.event.action} {_STATE_NAMES[self._state]}>"
 
 
-def _settle(future: asyncio.Future[None]) -> None:
+def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 

@@ -1,35 +1,59 @@
-"""How the engine POSTs: a small keep-alive connection pool, or any httpx transport.
+"""How the engine POSTs: one httpx transport, and the one rule for where requests may go.
 
-The engine needs one thing from HTTP: ``post(path, body, headers) -> Answer``.
-Two implementations:
+The engine needs one thing from HTTP: ``post(path, body, headers) -> Answer``
+(the :class:`Poster` seam). :func:`make_poster` gives it an
+:class:`HttpxPoster` over one shared :class:`httpx.HTTPTransport` whose
+connection pool is sized to the engine's in-flight cap, or over the
+transport the caller passed (``transport=``: custom TLS, mounts, tests).
+TLS verification reads ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` like httpx does.
 
-* :class:`PooledPoster` (the default): keep-alive ``http.client`` connections
-  shared by the engine's threads. ``benchmarks/bench_delivery.py`` measured
-  ~165 µs of CPU per request on loopback against ~450 µs for httpx's
-  transport and ~750 µs for ``httpx.Client``: with the GIL, CPU per request
-  is what bounds a Python process's delivery rate.
-* :class:`HttpxPoster`: any :class:`httpx.BaseTransport` — used when a proxy
-  applies (from ``HTTPS_PROXY`` and friends) or when the caller passes
-  ``transport=`` (custom TLS, mounts, test transports).
+:func:`route` is the single rule deciding whether a base URL is allowed
+and whether its requests go through a proxy, so the two can never disagree:
 
-Both raise :class:`NoAnswerError` for timeouts and connection errors,
-which the engine retries.
+* ``https://`` to any host: through the proxy the environment names for it
+  (``HTTPS_PROXY``, else ``ALL_PROXY``; ``NO_PROXY`` respected), else direct;
+* plain ``http://`` only to a literal loopback address (``127.0.0.0/8``,
+  ``::1``) or ``localhost`` itself — not ``*.localhost``, which a resolver
+  or proxy may send anywhere — and loopback is always reached directly,
+  never through a proxy, so nothing sent in the clear leaves the machine;
+* a user name or password in the URL is refused (the API key goes in a
+  header; credentials in a URL end up in logs).
+
+>>> route("http://127.0.0.1:8080").proxy is None
+True
 """
 
 from __future__ import annotations
 
-import http.client
+import encodings.idna  # noqa: F401
+import http
+import ipaddress
 import json
-import socket
+import re
 import ssl
 import threading
 import urllib.request
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+# Imported here (encodings.idna above too), before any worker thread runs, rather
+# than lazily by httpx and the socket module on a worker's first request: an
+# import in progress in one thread while another forks leaves the child a
+# half-initialised module ("unknown encoding: idna", "partially initialized
+# module 'httpcore'").
+import certifi  # noqa: F401
+import httpcore  # noqa: F401
 import httpx
 
-__all__ = ["Answer", "HttpxPoster", "PooledPoster", "Poster", "NoAnswerError", "make_poster"]
+from ..errors import AuditConfigError
+
+if TYPE_CHECKING:
+    from ..event import AuditEvent
+
+__all__ = [
+    "Answer", "Destination", "HttpxPoster", "NoAnswerError", "Poster", "Route", "make_poster",
+    "route",
+]
 
 
 class Answer(NamedTuple):
@@ -45,7 +69,10 @@ class Answer(NamedTuple):
 
     @property
     def reason(self) -> str:
-        return http.client.responses.get(self.status, "")
+        try:
+            return http.HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
 
 
 class NoAnswerError(Exception):
@@ -61,115 +88,146 @@ class Poster(Protocol):
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer: ...
 
+    def thread_done(self) -> None:
+        """The calling thread sends no more requests."""
+        ...
+
     def close(self) -> None: ...
 
 
-def _tls_context() -> ssl.SSLContext:
+class Destination(Protocol):
+    """What the engine needs from an HTTP sender (e.g. :class:`~audit_instrument.WorkOS`).
+
+    It builds the request for an event and reads the server's error message;
+    the engine does the rest.."""
+
+    def request_parts(self, event: AuditEvent) -> tuple[str, bytes, Mapping[str, str]]:
+        """``(path, body, headers)`` of the POST that delivers ``event``."""
+        ...
+
+    def error_message(self, response: Answer) -> str:
+        """The server's explanation of a failed answer, for errors and dead letters."""
+        ...
+
+
+class Route(NamedTuple):
+    """Where requests to a base URL go (see :func:`route`)."""
+
+    base_url: str
+    """The base URL without a trailing slash."""
+    proxy: str | None
+    """The proxy to send through, or ``None`` for a direct connection."""
+
+
+_USERINFO = re.compile(r"(//)[^/@]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with any ``user:password@`` part of a URL replaced by ``***@``."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a literal loopback IP address."""
+    if host == "localhost":
+        return True
     try:
-        import certifi  # httpx's own CA bundle, installed with it
-    except ImportError:  # pragma: no cover - httpx depends on certifi
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
-class PooledPoster:
-    """Keep-alive HTTP/1.1 connections to one origin, shared safely by threads.
+def route(base_url: str) -> Route:
+    """The one rule for where requests to ``base_url`` may go, and how (module docstring).
 
-    At most ``max_connections`` are kept idle; ``timeout`` applies to the
-    connect and to each read. :meth:`close` also shuts down connections in
-    use, so a request hanging on a dead server ends at once.
+    Raises :class:`~audit_instrument.AuditConfigError` for a URL that breaks
+    it; the message never repeats a password.
     """
-
-    def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
+    shown = redact_url(str(base_url))
+    try:
         url = httpx.URL(base_url)
-        self._https = url.scheme == "https"
-        self._host = url.host
-        self._port = url.port or (443 if self._https else 80)
-        self._prefix = url.raw_path.decode("ascii").rstrip("/")
-        self._timeout = timeout
-        self._max_idle = max_connections
-        self._context = _tls_context() if self._https else None
-        self._lock = threading.Lock()
-        self._idle: list[http.client.HTTPConnection] = []
-        self._busy: set[http.client.HTTPConnection] = set()
-        self._closed = False
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise AuditConfigError(
+            f"base_url is not a URL: {shown!r} ({redact_url(str(exc))})") from None
+    if url.userinfo:
+        raise AuditConfigError(
+            f"base_url must not contain a user name or password ({shown!r}): the API key "
+            f"is sent in the Authorization header")
+    host = url.host
+    if url.scheme == "https" and host:
+        proxy = None if is_loopback(host) else _environment_proxy(host)
+        return Route(str(base_url).rstrip("/"), proxy)
+    if url.scheme == "http" and is_loopback(host):
+        return Route(str(base_url).rstrip("/"), None)
+    raise AuditConfigError(
+        f"base_url must use https (plain http only to a loopback address such as "
+        f"127.0.0.1, [::1] or localhost), got {shown!r}"
+    )
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            if self._closed:
-                raise NoAnswerError("the connection pool is closed")
-            if self._idle:
-                conn = self._idle.pop()
-                reused = True
-            else:
-                conn = (http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                                    context=self._context) if self._https else
-                        http.client.HTTPConnection(self._host, self._port, timeout=self._timeout))
-                reused = False
-            self._busy.add(conn)
-        return conn, reused
 
-    def _give_back(self, conn: http.client.HTTPConnection, keep: bool) -> None:
-        with self._lock:
-            self._busy.discard(conn)
-            if keep and not self._closed and len(self._idle) < self._max_idle:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
-        """POST ``body`` to ``path``; a stale keep-alive connection is replaced once."""
-        for _ in range(2):
-            conn, reused = self._connection()
-            try:
-                conn.request("POST", self._prefix + path, body=body, headers=dict(headers))
-                response = conn.getresponse()
-                data = response.read()
-            except TimeoutError as exc:
-                self._give_back(conn, keep=False)
-                raise NoAnswerError(f"timed out after {self._timeout:g}s", timeout=True) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                self._give_back(conn, keep=False)
-                stale = reused and isinstance(exc, (http.client.RemoteDisconnected,
-                                                    ConnectionResetError, BrokenPipeError))
-                if stale:  # the server closed an idle connection: try a fresh one
-                    continue
-                raise NoAnswerError(f"{type(exc).__name__}: {exc}") from exc
-            self._give_back(conn, keep=not response.will_close)
-            return Answer(response.status, {k.lower(): v for k, v in response.getheaders()},
-                          data)
-        raise NoAnswerError("the connection was closed by the server twice")
-
-    def close(self) -> None:
-        """Close idle connections and cut those in use (their requests fail at once)."""
-        with self._lock:
-            self._closed = True
-            idle, busy = self._idle, list(self._busy)
-            self._idle = []
-        for conn in idle:
-            conn.close()
-        for conn in busy:
-            sock = conn.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+def _environment_proxy(host: str) -> str | None:
+    # The standard library reads HTTPS_PROXY / https_proxy / ALL_PROXY and
+    # NO_PROXY (and the system settings on macOS and Windows).
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get("https") or proxies.get("all") or None
 
 
 class HttpxPoster:
-    """Send through an :class:`httpx.BaseTransport` (proxies, custom transports)."""
+    """POST through httpx: each worker thread has its own keep-alive connection.
 
-    def __init__(self, base_url: str, transport: httpx.BaseTransport, *, timeout: float) -> None:
+    One :class:`httpx.HTTPTransport` (a pool of one connection) per thread,
+    all sharing one TLS context and proxy: httpcore 1.0's pool does work
+    quadratic in its connections on every request (encode/httpcore#1035),
+    which at 70 connections cost 2-4 ms of CPU per request here
+    (``benchmarks/bench_delivery.py``, ``requests_per_second=1000``); a pool
+    of one does none. A ``transport`` given by the caller is shared by all.
+    """
+
+    def __init__(self, base_url: str, *, timeout: float, proxy: str | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self._base_url = base_url.rstrip("/")
-        self._transport = transport
+        self._urls: dict[str, httpx.URL] = {}
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._shared = transport
+        self._proxy = proxy
+        self._tls: ssl.SSLContext | None = None  # made once, on first use
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._own: dict[int, httpx.BaseTransport] = {}  # per thread
+        self._closed = False
+
+    def _transport(self) -> httpx.BaseTransport:
+        if self._shared is not None:
+            return self._shared
+        transport: httpx.BaseTransport | None = self._local.__dict__.get("transport")
+        if transport is None:
+            with self._lock:
+                if self._closed:
+                    raise NoAnswerError("the HTTP client is closed")
+                if self._tls is None:
+                    self._tls = (
+                        httpx.create_ssl_context(trust_env=True)  # SSL_CERT_FILE/DIR
+                        if self._base_url.startswith("https:") else
+                        # plain http to loopback never uses TLS: a context that trusts
+                        # nothing stands in, without loading a CA bundle (~0.1 s)
+                        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+                transport = httpx.HTTPTransport(
+                    verify=self._tls, proxy=self._proxy,
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                self._own[threading.get_ident()] = transport
+            self._local.transport = transport
+        return transport
 
     def post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
-        request = httpx.Request("POST", self._base_url + path, content=body,
-                                headers=dict(headers), extensions=self._extensions)
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path, not per request
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        request = httpx.Request("POST", url, content=body, headers=headers,
+                                extensions=self._extensions)
         try:
-            response = self._transport.handle_request(request)
+            response = self._transport().handle_request(request)
             try:
                 data = response.read()
             finally:
@@ -181,25 +239,30 @@ class HttpxPoster:
         return Answer(response.status_code,
                       {k.lower(): v for k, v in response.headers.items()}, data)
 
+    def thread_done(self) -> None:
+        """The calling thread sends no more: close its connection."""
+        transport = self._local.__dict__.pop("transport", None)
+        if transport is not None:
+            with self._lock:
+                self._own.pop(threading.get_ident(), None)
+            transport.close()
+
     def close(self) -> None:
-        self._transport.close()
+        """Close every connection (requests in flight fail or are abandoned)."""
+        if self._shared is not None:
+            self._shared.close()
+            return
+        with self._lock:
+            self._closed = True
+            transports, self._own = list(self._own.values()), {}
+        for transport in transports:
+            transport.close()
 
 
-def make_poster(base_url: str, *, timeout: float, max_connections: int,
-                transport: httpx.BaseTransport | None = None) -> Poster:
-    """The poster for ``base_url``: ``transport`` if given, httpx through a proxy if
-    the environment sets one for this host, else a :class:`PooledPoster`."""
-    if transport is not None:
-        return HttpxPoster(base_url, transport, timeout=timeout)
-    url = httpx.URL(base_url)
-    host = url.host
-    loopback = host in ("localhost", "::1") or host.startswith("127.")
-    proxy = None
-    if not loopback and not urllib.request.proxy_bypass(host):
-        proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy:
-        limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
-        return HttpxPoster(base_url, httpx.HTTPTransport(limits=limits, proxy=proxy),
-                           timeout=timeout)
-    return PooledPoster(base_url, timeout=timeout, max_connections=max_connections)
+def make_poster(base_url: str, *, timeout: float,
+                transport: httpx.BaseTransport | None = None) -> HttpxPoster:
+    """The poster for ``base_url``: over ``transport`` if given, else over
+    connections of its own through the proxy :func:`route` chose."""
+    where = route(base_url)
+    return HttpxPoster(where.base_url, timeout=timeout,
+                       proxy=None if transport is not None else where.proxy, transport=transport)

@@ -1,100 +1,67 @@
-"""The durable outbox: events committed to a SQLite file before the caller goes on.
+"""The durable outbox: events kept in a SQLite file until the server accepted them.
 
-An event is written (WAL, ``synchronous=FULL`` by default) before
-``create_event`` returns; the delivery engine sends from the outbox and
-deletes what the server accepted. After a crash or a restart, whatever is
-still pending is sent again with its original ``Idempotency-Key``, so the
-server drops duplicates.
+The delivery engine writes every event here, sends from here, and deletes
+what the server accepted. After a crash or a restart, whatever is still
+pending is sent again with its original ``Idempotency-Key``, so the server
+drops duplicates.
 
-* **Group commit.** Everything queued while the previous transaction
-  committed goes into one transaction, so many threads pay for one fsync.
-  Under load a writer thread commits the batches; when the previous commit
-  was small (light load), a caller that finds nothing being committed
-  commits its own event, sparing two thread hand-offs.
+* **Durability, the caller's choice.** ``durability="commit"`` (default):
+  :meth:`Outbox.add` returns once the event is committed (WAL,
+  ``synchronous=FULL`` by default). ``durability="batch"``: it returns at
+  once and the event is committed within ``max_delay`` seconds (default
+  10 ms), so a crash loses at most the events of that window.
+* **Group commit** (:class:`~.group_commit.GroupCommit`): the writes of many
+  threads share one transaction, and a write that fails is retried event by
+  event, so one event that cannot be written never costs another.
 * **Shared safely.** Threads share one connection under a lock; processes
   share the file through SQLite's locking. A process *claims* rows with a
   lease (owner, pid, expiry) in one ``UPDATE … RETURNING``; another process
   takes a row over only when the lease expired or its owner process is gone.
-* **Dead letters.** An event the server rejects for good (a non-retryable
-  4xx) is kept with the server's message until :meth:`Outbox.retry_dead`.
+  Across ``fork()`` the connection is closed before and reopened after, in
+  parent and child, because SQLite's own state must not cross a fork.
+* **Dead letters.** An event the server refused for good is kept with the
+  server's message until :meth:`Outbox.retry_dead`.
 
-The small public API is what ``python -m audit_instrument outbox`` uses:
+The outbox stores events; it knows nothing of delivery handles. The small
+public API is what ``python -m audit_instrument outbox`` uses:
 
->>> box = Outbox("audit-outbox.db")         # doctest: +SKIP
->>> box.status()                             # doctest: +SKIP
+>>> box = Outbox("audit-outbox.db", read_only=True)   # doctest: +SKIP
+>>> box.status()                                       # doctest: +SKIP
 OutboxStatus(pending=0, dead=1, delivered=1042, oldest_pending_age=None)
->>> box.dead_letters(10)[0].message          # doctest: +SKIP
+>>> box.dead_letters(10)[0].message                    # doctest: +SKIP
 'rejected with HTTP 422: ...'
->>> box.retry_dead()                         # doctest: +SKIP
-1
->>> box.close()                              # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 import json
-import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
 import weakref
-from _thread import allocate_lock as _allocate_lock
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from .._stats import note_failure
 from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from .handle import DeliveryHandle
+from .group_commit import CommitTimeoutError, GroupCommit
+from .outbox_file import ROWS_PER_INSERT, connect, insert_sql
 
 __all__ = ["DeadLetter", "Outbox", "OutboxStatus"]
 
-logger = logging.getLogger("audit_instrument")
-
 _PENDING, _DEAD = 0, 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id          INTEGER PRIMARY KEY,
-    key         TEXT    NOT NULL UNIQUE,
-    record      TEXT    NOT NULL,
-    created_at  REAL    NOT NULL,
-    state       INTEGER NOT NULL DEFAULT 0,
-    owner       TEXT,
-    owner_pid   INTEGER,
-    lease_until REAL    NOT NULL DEFAULT 0,
-    next_try    REAL    NOT NULL DEFAULT 0,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    status      INTEGER,
-    error       TEXT,
-    failed_at   REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_owned ON outbox(owner_pid) WHERE owner_pid IS NOT NULL;
-CREATE INDEX IF NOT EXISTS outbox_dead ON outbox(state, failed_at) WHERE state = 1;
-CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO outbox_meta VALUES ('delivered', 0);
-"""
-_ROWS_PER_INSERT = 500
-# A caller commits its own write (no hand-off to the writer thread and back)
-# only when nothing is being committed and the previous commit had at most
-# this many operations: light load. Under heavy load the writer thread batches.
-_LEAD_MAX_BATCH = 2
+_FORK_WAIT = 5.0  # seconds fork() waits for a write in progress before going ahead
 
-@functools.lru_cache(maxsize=64)
-def _insert_sql(rows: int) -> str:
-    return ("INSERT OR IGNORE INTO outbox (key, record, created_at, owner, owner_pid, lease_until) "
-            "VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * rows))
-
-
-# Connections inherited from a parent process are never used nor closed in the child.
-_inherited: list[sqlite3.Connection] = []
+OnError = Callable[[Sequence[AuditEvent], Exception], None]
+_Op = tuple[str, tuple[Any, ...], OnError | None]
+PaceRow = tuple[float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,31 +85,6 @@ class DeadLetter:
     failed_at: datetime
 
 
-class _Ticket:
-    """One group commit: its ``gate`` is held until the commit is done.
-
-    Every caller whose write is in it passes through the gate (acquire, then
-    release): the committer wakes one waiter and each woken waiter wakes the
-    next, instead of one thread releasing dozens of locks while the woken
-    ones pile up on the GIL. Measured: about half the context switches and
-    CPU per event of one lock per waiter.
-    """
-
-    __slots__ = ("error", "gate")
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-        self.gate = _allocate_lock()
-        self.gate.acquire()
-
-    def wait(self, timeout: float | None) -> bool:
-        """Wait until the commit is done; ``False`` on timeout."""
-        if not self.gate.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
-            return False
-        self.gate.release()
-        return True
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -153,16 +95,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_open_outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
+_inherited: list[sqlite3.Connection] = []
+
+
 class Outbox:
     """A SQLite file of events waiting for delivery; see the module docstring.
 
     ``synchronous`` is SQLite's: ``"FULL"`` (default) survives power loss,
     ``"NORMAL"`` survives a process crash only. ``busy_timeout`` is how long
-    a write waits for another process holding the file.
+    a write waits for another process holding the file. ``durability`` and
+    ``max_delay``: see the module docstring. ``read_only=True`` opens the
+    file for inspection only (:meth:`status`, :meth:`dead_letters`).
 
-    A file that is not a usable SQLite database, or that cannot be written,
-    raises :class:`~audit_instrument.AuditConfigError` here, before any
-    event is accepted.
+    A file that is not a usable outbox raises
+    :class:`~audit_instrument.AuditConfigError` here, before any event is
+    accepted and without writing to it.
     """
 
     def __init__(
@@ -171,290 +119,217 @@ class Outbox:
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         busy_timeout: float = 30.0,
+        durability: Literal["commit", "batch"] = "commit",
+        max_delay: float = 0.01,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise AuditConfigError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
+        if durability not in ("commit", "batch"):
+            raise AuditConfigError(f"durability must be 'commit' or 'batch', not {durability!r}")
+        if not isinstance(max_delay, (int, float)) or not 0 < max_delay <= 10:
+            raise AuditConfigError(f"max_delay must be seconds in (0, 10], not {max_delay!r}")
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
-        self._open()
+        self.durability = durability
+        self.max_delay = float(max_delay)
+        self.read_only = read_only
+        self._commits: GroupCommit[_Op] = GroupCommit(
+            self._write, name=f"outbox {str(self.path)!r}", max_delay=self.max_delay,
+            on_error=self._write_failed,
+            # locked, full or gone: writing each submission alone would fail again
+            retry_alone=lambda error: not isinstance(error, sqlite3.OperationalError))
+        self._closed = False
+        self._setup()
+        _open_outboxes.add(self)
 
-    # -- opening ---------------------------------------------------------------------------
-    def _open(self) -> None:
+    def _setup(self) -> None:
         self._pid = os.getpid()
         self._owner = f"{self._pid}:{secrets.token_hex(6)}"
         self._db_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._wake = threading.Condition(self._queue_lock)  # the writer waits for its turn
-        self._idle = threading.Condition(self._queue_lock)  # close() waits for the last commit
-        self._ops: list[tuple[str, tuple[Any, ...]]] = []
-        self._ticket = _Ticket()  # the next commit's
-        self._committing: _Ticket | None = None
-        # Whether some thread (a caller or the writer) is committing and will
-        # look at ``_ops`` again before giving up this role: while queued
-        # operations exist, someone always is.
-        self._busy = False
-        self._last_batch = 0
-        self._writer: threading.Thread | None = None
-        self._writer_turn = False
-        self._writer_waiting = False
-        self._closing = False
-        self._closed = False
-        self._watched: weakref.WeakValueDictionary[str, DeliveryHandle] = (
-            weakref.WeakValueDictionary())
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        where = str(self.path)
-        if not self.path.exists():
-            try:
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise AuditConfigError(
-                    f"cannot create the outbox {where!r}: {exc.strerror}") from None
-        try:
-            conn = sqlite3.connect(where, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise AuditConfigError(f"cannot open the outbox {where!r}: {exc}") from None
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.executescript(_SCHEMA)
-            conn.execute("SELECT id, key, record, created_at, state, owner, owner_pid, "
-                         "lease_until, next_try, attempts, status, error, failed_at "
-                         "FROM outbox LIMIT 0")
-            conn.execute("BEGIN IMMEDIATE")  # prove we can write, now rather than per event
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.close()
-            hint = ("it is not an outbox database (corrupt, or another kind of file); move it "
-                    "aside to start a new one" if isinstance(exc, sqlite3.DatabaseError)
-                    and "readonly" not in str(exc) else "check the file's permissions")
-            raise AuditConfigError(f"cannot use {where!r} as an outbox: {exc} — {hint}") from None
-        return conn
+        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout,
+                       read_only=self.read_only)
 
-    def _after_fork(self) -> None:
-        _inherited.append(self._conn)  # the parent's; closing it here could disturb the parent
-        self._open()
+    # -- fork -----------------------------------------------------------------------------------
+    def after_fork(self) -> None:
+        """In a forked child: a connection, locks and a committer of its own (once)."""
+        if self._pid == os.getpid():
+            return
+        self._commits.after_fork()
+        # The parent's connection (closed before the fork unless a write held it
+        # too long) is never used nor closed here: closing it could disturb the parent.
+        _inherited.append(self._conn)
+        if self._closed:
+            self._pid = os.getpid()
+            self._db_lock = threading.Lock()
+            return
+        self._setup()
 
     def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            self._after_fork()
+        if self._pid != os.getpid():  # a fork that skipped os.register_at_fork hooks
+            self.after_fork()
 
-    # -- writes (group commit) ---------------------------------------------------------------
+    def _before_fork(self) -> bool:
+        """Close the connection, with no write in progress; ``True`` if it was closed."""
+        if self._closed or self._pid != os.getpid():
+            return False
+        if not self._db_lock.acquire(timeout=_FORK_WAIT):
+            return False
+        self._conn.close()
+        return True
+
+    def _after_fork_in_parent(self) -> None:
+        try:
+            self._conn = self._connect()
+        except AuditError as exc:
+            note_failure("outbox reopen", f"cannot reopen the outbox after fork: {exc}",
+                         error=exc)
+        finally:
+            self._db_lock.release()
+
+    # -- writes ---------------------------------------------------------------------------------
     def add(self, event: AuditEvent, *, owned: bool = False, lease: float = 360.0,
-            handle: DeliveryHandle | None = None) -> None:
-        """Commit ``event`` as pending; return once it is on disk.
-
-        ``owned`` claims it for this process for ``lease`` seconds (the
-        engine is about to send it); otherwise it waits for any process to
-        claim it, and ``handle`` (if given) is settled by whoever sends it
-        from this process. Raises :class:`~audit_instrument.DeliveryError`
-        if the write fails.
-        """
-        if handle is not None:
-            self._watched[event.idempotency_key] = handle
-        self.add_many((event,), owned=owned, lease=lease)
+            wait: bool | None = None) -> None:
+        """Write ``event`` as pending (see :meth:`add_many`)."""
+        self.add_many((event,), owned=owned, lease=lease, wait=wait)
 
     def add_many(self, events: Iterable[AuditEvent], *, owned: bool = False,
-                 lease: float = 360.0) -> None:
-        """Commit several events as pending in one transaction; return once on disk.
+                 lease: float = 360.0, wait: bool | None = None,
+                 on_error: OnError | None = None) -> None:
+        """Write several events as pending, in one transaction (all or none).
 
-        For bulk producers: one wait for the whole lot instead of one per
-        event. All or none are written; raises
-        :class:`~audit_instrument.DeliveryError` if the write fails.
-
-        >>> box.add_many(events)                    # doctest: +SKIP
+        ``owned`` claims them for this process for ``lease`` seconds (the
+        engine is about to send them); otherwise any process may claim them.
+        ``wait`` (default: ``durability == "commit"``) returns once they are
+        committed, raising :class:`~audit_instrument.DeliveryError` if the
+        write fails; without it the call returns at once, and ``on_error``
+        hears of a failed write.
         """
-        # The committer serialises the events, not the caller: measured ~25% more
-        # events/s from many threads (callers hold the GIL less between waits).
+        if self._pid != os.getpid():
+            self.after_fork()
+        if self._closed or self.read_only:
+            raise DeliveryError(f"outbox {str(self.path)!r} is "
+                                f"{'closed' if self._closed else 'opened read-only'}")
         now = time.time()
         owner, pid, until = (self._owner, self._pid, now + lease) if owned else (None, None, 0.0)
-        ops = [("add", (e.idempotency_key, e, now, owner, pid, until)) for e in events]
+        # Serialised here, by each caller: in parallel with the SQLite work of a
+        # commit in progress, which runs without the GIL (bench_outbox).
+        try:
+            ops: list[_Op] = [("add", (e.idempotency_key, e.to_json(), now, owner, pid, until, e),
+                               on_error) for e in events]
+        except (ValueError, TypeError, RecursionError) as exc:  # not encodable: none written
+            raise DeliveryError(f"outbox {str(self.path)!r}: an event cannot be written: "
+                                f"{type(exc).__name__}") from None
         if ops:
-            self._write(ops)
-
-    def _write(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Queue ``ops`` and return once they are committed."""
-        self._check_pid()
-        lead = False
-        with self._queue_lock:
-            if self._closing:
-                raise DeliveryError(f"outbox {str(self.path)!r} is closed")
-            ticket = self._ticket
-            if self._busy:
-                self._ops.extend(ops)  # the committer takes it with the next batch
-            else:
-                self._busy = True
-                if self._last_batch <= _LEAD_MAX_BATCH:
-                    ops = self._ops + ops if self._ops else ops
-                    self._ops = []
-                    self._take(ticket, ops)
-                    lead = True
-                else:
-                    self._ops.extend(ops)
-                    self._hand_to_writer()
-        if lead:
-            try:
-                self._commit(ops, ticket)
-            finally:
-                self._commit_done()
-        elif not ticket.wait(self.busy_timeout + 5.0):
-            raise DeliveryError(f"outbox {str(self.path)!r}: commit timed out", retryable=True)
-        if ticket.error is not None:
-            raise DeliveryError(f"outbox {str(self.path)!r}: write failed: {ticket.error}",
-                                retryable=True)
+            self._submit(ops, self.durability == "commit" if wait is None else wait)
 
     def delivered(self, key: str) -> None:
         """Forget the event with idempotency key ``key``: the server accepted it."""
-        self._enqueue("delivered", (key,))
+        self._check_pid()
+        self._submit([("delivered", (key,), None)], False)
 
     def dead(self, key: str, status: int | None, message: str) -> None:
         """Keep ``key``'s event as a dead letter with the server's ``message``."""
-        self._enqueue("dead", (status, message, time.time(), key))
+        self._check_pid()
+        self._submit([("dead", (status, message, time.time(), key), None)], False)
 
     def release(self, key: str, *, retry_in: float = 0.0) -> None:
         """Give ``key``'s event back (no owner), to be claimed again in ``retry_in`` seconds."""
-        self._enqueue("release", (time.time() + retry_in, key))
-
-    def _enqueue(self, kind: str, params: tuple[Any, ...]) -> None:
-        # Outcomes from the delivery workers: committed by the writer thread, not waited for.
         self._check_pid()
-        with self._queue_lock:
-            if self._closing:
-                raise DeliveryError(f"outbox {str(self.path)!r} is closed")
-            self._ops.append((kind, params))
-            if not self._busy:
-                self._busy = True
-                self._hand_to_writer()
+        self._submit([("release", (time.time() + retry_in, key), None)], False)
 
-    # The committer role, under the queue lock: ``_busy`` is set by whoever takes it.
-    def _take(self, ticket: _Ticket, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
-        self._ticket = _Ticket()
-        self._committing = ticket
-        self._last_batch = len(ops)
-
-    def _hand_to_writer(self) -> None:
-        self._writer_turn = True
-        if self._writer_waiting:
-            self._writer_waiting = False
-            self._wake.notify()
-        elif self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                            name="audit-instrument-outbox-writer")
-            self._writer.start()
-
-    def _commit_done(self) -> None:
-        """After a caller's own commit: what was queued meanwhile goes to the writer."""
-        with self._queue_lock:
-            if self._ops:
-                self._hand_to_writer()
-            else:
-                self._busy = False
-                if self._closing:
-                    self._idle.notify_all()
-
-    def _commit(self, ops: list[tuple[str, tuple[Any, ...]]], ticket: _Ticket) -> None:
+    def _submit(self, ops: list[_Op], wait: bool) -> None:
+        where = str(self.path)
         try:
-            with self._db_lock:
-                self._apply(ops)
-        except BaseException as exc:
-            ticket.error = exc
-            if isinstance(exc, Exception):
-                logger.error("audit_instrument: outbox %s: commit of %d operation(s) failed: %s",
-                             self.path, len(ops), exc)
-            else:
-                raise
-        finally:
-            ticket.gate.release()
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._queue_lock:
-                while not self._writer_turn:
-                    if self._closing:
-                        self._writer = None
-                        return
-                    self._writer_waiting = True
-                    self._wake.wait()
-                if not self._ops:  # every queued operation is committed: give up the role
-                    self._writer_turn = self._busy = False
-                    if self._closing:
-                        self._idle.notify_all()
-                    continue
-                ops, self._ops = self._ops, []
-                ticket = self._ticket
-                self._take(ticket, ops)
-            self._commit(ops, ticket)
-
-    def _apply(self, ops: list[tuple[str, tuple[Any, ...]]]) -> None:
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for kind, params in ops:
-            groups.setdefault(kind, []).append(params)
-        conn = self._conn
-        adds = [(key, event.to_json(), *rest) for key, event, *rest in groups.get("add", [])]
-        if len(groups) == 1 and 0 < len(adds) <= _ROWS_PER_INSERT:
-            # The common case: one statement is its own transaction (autocommit),
-            # one call into SQLite in all.
-            conn.execute(_insert_sql(len(adds)), [v for row in adds for v in row])
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for start in range(0, len(adds), _ROWS_PER_INSERT):
-                # One multi-row statement: one trip into SQLite (and one GIL release)
-                # per chunk instead of per row, which matters with many threads.
-                chunk = adds[start:start + _ROWS_PER_INSERT]
-                conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
-            if "release" in groups:
-                conn.executemany(
-                    "UPDATE outbox SET owner = NULL, owner_pid = NULL, lease_until = 0, "
-                    "next_try = ?, attempts = attempts + 1 WHERE key = ? AND state = 0",
-                    groups["release"])
-            if "dead" in groups:
-                conn.executemany(
-                    "UPDATE outbox SET state = 1, status = ?, error = ?, failed_at = ?, "
-                    "owner = NULL, owner_pid = NULL, lease_until = 0, attempts = attempts + 1 "
-                    "WHERE key = ?", groups["dead"])
-            if "delivered" in groups:
-                cursor = conn.executemany("DELETE FROM outbox WHERE key = ? AND state = 0",
-                                          groups["delivered"])
-                if cursor.rowcount > 0:
-                    conn.execute("UPDATE outbox_meta SET value = value + ? "
-                                 "WHERE name = 'delivered'", (cursor.rowcount,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            self._commits.submit(ops, wait=wait, timeout=self.busy_timeout + 5.0)
+        except CommitTimeoutError:
+            raise DeliveryError(f"outbox {where!r}: commit timed out", retryable=True) from None
+        except AuditError:  # closed
+            raise DeliveryError(f"outbox {where!r} is closed") from None
+        except Exception as exc:
+            raise DeliveryError(f"outbox {where!r}: write failed: {exc}",
+                                retryable=isinstance(exc, sqlite3.OperationalError)) from None
 
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until every write queued so far is committed; ``False`` on timeout."""
         self._check_pid()
-        with self._queue_lock:
-            ticket = self._ticket if self._ops else self._committing
-        return ticket is None or ticket.wait(timeout)
+        return self._commits.flush(timeout)
 
-    def watch(self, handle: DeliveryHandle) -> None:
-        """Settle ``handle`` when this process delivers its event (held weakly)."""
-        self._watched[handle.event.idempotency_key] = handle
+    def _write_failed(self, ops: Sequence[_Op], error: Exception) -> None:
+        """A write nobody waited for failed: tell whoever asked to hear of it."""
+        lost: dict[OnError, list[AuditEvent]] = {}
+        unheard = 0
+        for kind, params, on_error in ops:
+            if kind == "add" and on_error is not None:
+                lost.setdefault(on_error, []).append(params[-1])
+            else:
+                unheard += 1
+        for on_error, events in lost.items():
+            on_error(events, error)
+        if unheard:
+            note_failure("outbox write", f"outbox {str(self.path)!r}: a write of {unheard} "
+                         f"operation(s) failed: {error}", error=error)
 
-    # -- claims ----------------------------------------------------------------------------------
-    def _orphan_pids(self, now: float) -> list[int]:
+    def _write(self, ops: list[_Op]) -> None:
+        """Commit ``ops`` in one transaction, or raise and keep none of them."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for kind, params, _ in ops:
+            groups.setdefault(kind, []).append(params)
+        adds = [params[:6] for params in groups.get("add", ())]
+        with self._db_lock:
+            conn = self._conn
+            if len(groups) == 1 and 0 < len(adds) <= ROWS_PER_INSERT:
+                # The common case: one statement is its own transaction.
+                conn.execute(insert_sql(len(adds)), list(itertools.chain.from_iterable(adds)))
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(adds), ROWS_PER_INSERT):
+                    chunk = adds[start:start + ROWS_PER_INSERT]
+                    conn.execute(insert_sql(len(chunk)),
+                                 list(itertools.chain.from_iterable(chunk)))
+                if "release" in groups:
+                    conn.executemany(
+                        "UPDATE outbox SET owner = NULL, owner_pid = NULL, lease_until = 0, "
+                        "next_try = ?, attempts = attempts + 1 WHERE key = ? AND state = 0",
+                        groups["release"])
+                if "dead" in groups:
+                    conn.executemany(
+                        "UPDATE outbox SET state = 1, status = ?, error = ?, failed_at = ?, "
+                        "owner = NULL, owner_pid = NULL, lease_until = 0, "
+                        "attempts = attempts + 1 WHERE key = ?", groups["dead"])
+                if "delivered" in groups:
+                    cursor = conn.executemany("DELETE FROM outbox WHERE key = ? AND state = 0",
+                                              groups["delivered"])
+                    if cursor.rowcount > 0:
+                        conn.execute("UPDATE outbox_meta SET value = value + ? "
+                                     "WHERE name = 'delivered'", (cursor.rowcount,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- claims ---------------------------------------------------------------------------------
+    def _orphans(self) -> tuple[str, list[int]]:
+        """SQL matching rows held by processes that are gone, and its parameters."""
         pids = [row[0] for row in self._conn.execute(
             "SELECT DISTINCT owner_pid FROM outbox WHERE owner_pid IS NOT NULL")]
-        return [pid for pid in pids if pid != self._pid and not _pid_alive(pid)]
+        orphans = [pid for pid in pids if pid != self._pid and not _pid_alive(pid)]
+        if not orphans:
+            return "", []
+        return f" OR owner_pid IN ({','.join('?' * len(orphans))})", orphans
 
-    def claim(self, limit: int, *, lease: float = 360.0
-              ) -> list[tuple[AuditEvent, DeliveryHandle | None]]:
+    def claim(self, limit: int, *, lease: float = 360.0) -> list[AuditEvent]:
         """Take up to ``limit`` pending events for this process, oldest first.
 
         A row is free when nobody holds it, its lease expired, or the process
         holding it is gone (a crash); it is then leased to this process for
-        ``lease`` seconds. Returns each event with the handle watching it.
+        ``lease`` seconds. A row that cannot be read back as an event becomes
+        a dead letter saying so.
         """
         self._check_pid()
         if limit <= 0:
@@ -462,16 +337,14 @@ class Outbox:
         now = time.time()
         with self._db_lock:
             try:
-                orphans = self._orphan_pids(now)
-                marks = ",".join("?" * len(orphans))
-                taken = f" OR owner_pid IN ({marks})" if orphans else ""
+                taken, orphans = self._orphans()
                 conn = self._conn
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     rows = conn.execute(
                         "UPDATE outbox SET owner = ?, owner_pid = ?, lease_until = ? WHERE id IN "
                         "(SELECT id FROM outbox WHERE state = 0 AND next_try <= ? AND "
-                        f"(lease_until < ?{taken}) ORDER BY id LIMIT ?) RETURNING id, record",
+                        f"(lease_until < ?{taken}) ORDER BY id LIMIT ?) RETURNING id, key, record",
                         (self._owner, self._pid, now + lease, now, now, *orphans, limit),
                     ).fetchall()
                     conn.execute("COMMIT")
@@ -481,27 +354,58 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise AuditError(f"outbox {str(self.path)!r}: claim failed: {exc}") from None
         rows.sort()
-        claimed: list[tuple[AuditEvent, DeliveryHandle | None]] = []
-        for _, record in rows:
-            event = AuditEvent.from_dict(json.loads(record))
-            claimed.append((event, self._watched.pop(event.idempotency_key, None)))
+        claimed: list[AuditEvent] = []
+        for _, key, record in rows:
+            try:
+                claimed.append(AuditEvent.from_dict(json.loads(record)))
+            except (ValueError, TypeError, RecursionError) as exc:
+                self.dead(key, None, f"cannot be read back as an event: {type(exc).__name__}")
         return claimed
 
     def claimable(self) -> int:
-        """How many pending events no live process holds (what a refill could take)."""
+        """How many pending events no live process holds (what a claim could take)."""
         self._check_pid()
         now = time.time()
         with self._db_lock:
             try:
-                orphans = self._orphan_pids(now)
-                marks = ",".join("?" * len(orphans))
-                taken = f" OR owner_pid IN ({marks})" if orphans else ""
+                taken, orphans = self._orphans()
                 row = self._conn.execute(
                     f"SELECT count(*) FROM outbox WHERE state = 0 AND (lease_until < ?{taken})",
                     (now, *orphans)).fetchone()
             except sqlite3.Error as exc:
                 raise AuditError(f"outbox {str(self.path)!r}: read failed: {exc}") from None
         return int(row[0])
+
+    # -- the shared pacing budget ----------------------------------------------------------------
+    def update_pace(self, change: Callable[[PaceRow], PaceRow]) -> PaceRow:
+        """Apply ``change`` to the pacing row ``(tat, rate, cut_at)`` atomically; return it.
+
+        The row is shared by every process using this file (see
+        :mod:`.pacing`). It needs no durability: written without an fsync.
+        """
+        self._check_pid()
+        if self._closed or self.read_only:
+            raise AuditError(f"outbox {str(self.path)!r} is not open for writing")
+        with self._db_lock:
+            conn = self._conn
+            try:
+                conn.execute("PRAGMA synchronous=OFF")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = conn.execute(
+                        "SELECT tat, rate, cut_at FROM outbox_pace WHERE id = 1").fetchone()
+                    new = change((0.0, 0.0, 0.0) if row is None else
+                                 (float(row[0]), float(row[1]), float(row[2])))
+                    conn.execute("INSERT OR REPLACE INTO outbox_pace VALUES (1, ?, ?, ?)", new)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            except sqlite3.Error as exc:
+                raise AuditError(f"outbox {str(self.path)!r}: pacing row: {exc}") from None
+        return new
 
     # -- inspection (the CLI's API) ----------------------------------------------------------------
     def status(self) -> OutboxStatus:
@@ -510,12 +414,13 @@ class Outbox:
         with self._db_lock:
             rows = self._conn.execute(
                 "SELECT state, count(*), min(created_at) FROM outbox GROUP BY state").fetchall()
-            delivered = self._conn.execute(
-                "SELECT value FROM outbox_meta WHERE name = 'delivered'").fetchone()[0]
+            found = self._conn.execute(
+                "SELECT value FROM outbox_meta WHERE name = 'delivered'").fetchone()
         counts = {state: (count, oldest) for state, count, oldest in rows}
         pending, oldest = counts.get(_PENDING, (0, None))
         return OutboxStatus(
-            pending=pending, dead=counts.get(_DEAD, (0, None))[0], delivered=int(delivered),
+            pending=pending, dead=counts.get(_DEAD, (0, None))[0],
+            delivered=0 if found is None else int(found[0]),
             oldest_pending_age=None if oldest is None else max(0.0, time.time() - oldest),
         )
 
@@ -533,6 +438,8 @@ class Outbox:
     def retry_dead(self) -> int:
         """Move every dead letter back to pending (after a fix); return how many."""
         self._check_pid()
+        if self.read_only:
+            raise AuditError(f"outbox {str(self.path)!r} is opened read-only")
         with self._db_lock:
             cursor = self._conn.execute(
                 "UPDATE outbox SET state = 0, status = NULL, error = NULL, failed_at = NULL, "
@@ -541,24 +448,13 @@ class Outbox:
 
     # -- closing ---------------------------------------------------------------------------------
     def close(self, timeout: float | None = 10.0) -> None:
-        """Commit what is queued, stop the writer and close the file."""
-        if self._pid != os.getpid():
-            self._after_fork()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._queue_lock:
-            if self._closed:
-                return
-            self._closing = True  # no new writes from now on
-            while self._busy:  # let the last commit finish
-                left = None if deadline is None else deadline - time.monotonic()
-                if (left is not None and left <= 0) or not self._idle.wait(left):
-                    break
-            self._wake.notify_all()
-            writer = self._writer
-        if writer is not None:
-            writer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        """Commit what is queued, stop the committer and close the file."""
+        self._check_pid()
+        if self._closed:
+            return
+        self._closed = True  # no new writes from now on
+        self._commits.close(timeout)
         with self._db_lock:
-            self._closed = True
             self._conn.close()
 
     def __enter__(self) -> Outbox:
@@ -568,4 +464,28 @@ class Outbox:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Outbox {str(self.path)!r}>"
+        return f"<Outbox {str(self.path)!r}{' read-only' if self.read_only else ''}>"
+
+
+def _before_fork() -> None:
+    global _closed_for_fork
+    _closed_for_fork = [box for box in list(_open_outboxes) if box._before_fork()]
+
+
+def _after_fork_in_parent() -> None:
+    global _closed_for_fork
+    boxes, _closed_for_fork = _closed_for_fork, []
+    for box in boxes:
+        box._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    global _closed_for_fork
+    _closed_for_fork = []
+    for box in list(_open_outboxes):
+        box.after_fork()
+
+
+_closed_for_fork: list[Outbox] = []
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)

@@ -4,7 +4,9 @@ Retryable: 408, 429, 500, 502, 503, 504, timeouts and connection errors.
 Waits grow exponentially with *full jitter* (a uniform draw between zero and
 the capped exponential), so many clients recovering at once don't retry in
 lockstep; a server's ``Retry-After`` (seconds or an HTTP date) wins over the
-computed wait.
+computed wait, but never exceeds ``max_backoff``: ``inf``, ``1e10``, a date
+in the year 9999 or a year-long wait are read defensively and capped
+(:meth:`RetryPolicy.server_wait`).
 
 >>> policy = RetryPolicy(initial_backoff=0.5, max_backoff=30.0, deadline=300.0)
 >>> 0.0 <= policy.backoff(3) <= 2.0
@@ -56,6 +58,12 @@ class RetryPolicy:
         if self.max_backoff < self.initial_backoff:
             raise AuditConfigError("RetryPolicy.max_backoff must be >= initial_backoff")
 
+    def server_wait(self, retry_after: str | None) -> float | None:
+        """Seconds to wait from a ``Retry-After`` header, at most ``max_backoff``;
+        ``None`` when absent or unreadable."""
+        seconds = parse_retry_after(retry_after)
+        return None if seconds is None else min(seconds, self.max_backoff)
+
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         ceiling = min(self.max_backoff, self.initial_backoff * 2.0 ** min(attempt - 1, 62))
@@ -67,10 +75,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
     Accepts delta-seconds (``"120"``, also ``"1.5"``) and an HTTP date
     (``"Wed, 21 Oct 2015 07:28:00 GMT"``); a date in the past means ``0``.
+    The result may be huge or infinite (``"inf"``, ``"1e400"``): callers cap
+    it (:meth:`RetryPolicy.server_wait`). Never raises.
     """
-    if value is None:
+    if not isinstance(value, str):
         return None
     value = value.strip()
+    if len(value) > 100:  # no honest header is this long
+        return None
     try:
         seconds = float(value)
     except ValueError:
@@ -79,8 +91,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(0.0, seconds) if seconds == seconds else None  # NaN is unreadable
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    try:
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (OverflowError, OSError, ValueError):
+        return None

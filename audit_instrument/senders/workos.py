@@ -15,7 +15,6 @@ handling live in :mod:`audit_instrument.delivery` and serve any HTTP sender.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -30,18 +29,21 @@ import httpx
 from .._json import audit_logs_dict, legacy_dict
 from ..delivery.engine import DeliveryEngine
 from ..delivery.handle import DeliveryHandle
-from ..delivery.http import Answer
+from ..delivery.http import Answer, route
 from ..delivery.outbox import Outbox
 from ..delivery.retry import RetryPolicy
 from ..errors import AuditConfigError, AuditValidationError
 from ..event import AuditEvent
 from ..rules import check_legacy
 
-__all__ = ["DEFAULT_BASE_URL", "WorkOS"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_REQUESTS_PER_SECOND", "WorkOS"]
 
 logger = logging.getLogger("audit_instrument")
 
 DEFAULT_BASE_URL = "https://api.workos.com"
+DEFAULT_REQUESTS_PER_SECOND = 95.0
+"""5 % under WorkOS's documented limit of 6,000 requests per 60 s per IP (100/s): room
+for the burst allowance, clock and network jitter, and a CLI check from the same host."""
 API_KEY_ENV = "WORKOS_API_KEY"
 _PATHS = {"events": "/events", "audit_logs": "/audit_logs/events"}
 
@@ -76,28 +78,19 @@ class _Secret:
         raise TypeError("the WorkOS API key cannot be pickled")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_base_url(base_url: str) -> str:
-    try:
-        url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise AuditConfigError(f"base_url is not a URL: {base_url!r} ({exc})") from None
-    if url.scheme == "https" and url.host:
-        return base_url.rstrip("/")
-    if url.scheme == "http" and _is_loopback(url.host):
-        return base_url.rstrip("/")
-    raise AuditConfigError(
-        f"base_url must use https (plain http only for a loopback host such as 127.0.0.1), "
-        f"got {base_url!r}"
-    )
+def _check_api_key(api_key: object) -> str:
+    if not api_key or not isinstance(api_key, str):
+        raise AuditConfigError(
+            f"no WorkOS API key: pass WorkOS(api_key='sk_...') or set the {API_KEY_ENV} "
+            f"environment variable"
+        )
+    if not all("!" <= char <= "~" for char in api_key):
+        # Never repeat the key: it may be a real one with a stray newline.
+        raise AuditConfigError(
+            f"the WorkOS API key must be printable ASCII without spaces or control "
+            f"characters (it has {len(api_key)} characters; check for a stray newline)"
+        )
+    return api_key
 
 
 def _as_event(event: AuditEvent | Mapping[str, Any], api: str = "audit_logs") -> AuditEvent:
@@ -117,18 +110,24 @@ class WorkOS:
     """Send audit events to WorkOS in the background, with retries.
 
     ``api_key`` defaults to the ``WORKOS_API_KEY`` environment variable.
-    ``api="events"`` speaks the seed's ``POST /events``; ``"audit_logs"`` the
+    ``api="events"`` speaks the legacy ``POST /events`` format; ``"audit_logs"`` the
     current ``POST /audit_logs/events`` (``group`` → ``organization_id``;
     ``actor_type`` default ``"user"``, ``target_type`` default the action's
     category, optional schema ``version``).
 
-    Delivery options: ``timeout`` per request; ``max_in_flight`` concurrent
-    requests; ``queue_size`` events held in memory and ``when_full``
-    (``"block"`` up to ``block_timeout`` seconds, or ``"drop"``);
-    ``retry`` (:class:`~audit_instrument.delivery.RetryPolicy`) and/or
-    ``deadline`` seconds per event; ``atexit_timeout`` for the flush at exit;
-    ``outbox`` — a path (or :class:`~audit_instrument.delivery.Outbox`) to
-    make every event durable in SQLite before ``create_event`` returns.
+    Delivery options: ``timeout`` per request; ``requests_per_second``
+    paces requests (default :data:`DEFAULT_REQUESTS_PER_SECOND`, just under
+    WorkOS's per-IP limit; lowered for a while after a 429) with ``burst``
+    requests at once after a pause; the number in flight follows the rate
+    and the latency, up to ``max_in_flight``; ``queue_size`` events held in
+    memory and ``when_full`` (``"block"`` up to ``block_timeout`` seconds,
+    or ``"drop"``); ``retry`` (:class:`~audit_instrument.delivery.RetryPolicy`)
+    and/or ``deadline`` seconds per event; ``atexit_timeout`` for the flush
+    at exit; ``outbox`` — a path (or
+    :class:`~audit_instrument.delivery.Outbox`) to keep every event in SQLite
+    until delivered, with ``durability="commit"`` (``create_event`` returns
+    once it is on disk; the default) or ``"batch"`` (returns at once; on disk
+    within 10 ms). See ``docs/workos.md``.
 
     >>> workos = WorkOS("sk_1234", api="audit_logs", outbox="audit-outbox.db")  # doctest: +SKIP
     """
@@ -143,27 +142,26 @@ class WorkOS:
         target_type: str | None = None,
         version: int | None = None,
         timeout: float = 10.0,
-        max_in_flight: int = 4,
+        requests_per_second: float | None = DEFAULT_REQUESTS_PER_SECOND,
+        burst: int | None = None,
+        max_in_flight: int | None = None,
         queue_size: int = 10_000,
         when_full: Literal["block", "drop"] = "block",
         block_timeout: float = 0.1,
         retry: RetryPolicy | None = None,
         deadline: float | None = None,
         outbox: str | os.PathLike[str] | Outbox | None = None,
+        durability: Literal["commit", "batch"] | None = None,
         atexit_timeout: float = 5.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(API_KEY_ENV)
-        if not api_key or not isinstance(api_key, str):
-            raise AuditConfigError(
-                f"no WorkOS API key: pass WorkOS(api_key='sk_...') or set the {API_KEY_ENV} "
-                f"environment variable"
-            )
+        api_key = _check_api_key(api_key)
         if api not in _PATHS:
             raise AuditConfigError(f"api must be 'events' or 'audit_logs', not {api!r}")
         self._key = _Secret(api_key)
-        self.base_url = _check_base_url(base_url)
+        self.base_url = route(base_url).base_url
         self.api = api
         self.actor_type = actor_type
         self.target_type = target_type
@@ -175,9 +173,14 @@ class WorkOS:
         if deadline is not None:
             retry = replace(retry, deadline=deadline)
         if outbox is not None and not isinstance(outbox, Outbox):
-            outbox = Outbox(outbox)
+            outbox = Outbox(outbox, durability=durability or "commit")
+        elif durability is not None and (outbox is None or outbox.durability != durability):
+            raise AuditConfigError(
+                "durability applies to an outbox: pass outbox=PATH with it (or build the "
+                "Outbox(path, durability=...) yourself)")
         self._engine = DeliveryEngine(
-            self, base_url=self.base_url, timeout=timeout, max_in_flight=max_in_flight,
+            self, base_url=self.base_url, timeout=timeout,
+            requests_per_second=requests_per_second, burst=burst, max_in_flight=max_in_flight,
             queue_size=queue_size, when_full=when_full, block_timeout=block_timeout,
             retry=retry, outbox=outbox, atexit_timeout=atexit_timeout, transport=transport,
         )
@@ -194,7 +197,7 @@ class WorkOS:
         return self._engine.outbox
 
     def create_event(self, event: AuditEvent | Mapping[str, Any]) -> DeliveryHandle:
-        """Queue ``event`` (an :class:`AuditEvent` or the seed's dict) and return at once.
+        """Queue ``event`` (an :class:`AuditEvent` or a legacy ``/events`` dict); return at once.
 
         A bad event raises :class:`~audit_instrument.AuditValidationError`
         here, in the caller. Delivery problems never raise: they settle the

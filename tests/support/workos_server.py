@@ -7,6 +7,12 @@ for a wrong key; ``422`` with a message and ``errors`` for a malformed event.
 It dedupes by ``Idempotency-Key`` (a repeat gets the first answer and counts
 as a duplicate), so tests can count unique accepted events.
 
+Like WorkOS it can limit the request rate: ``rate_limit`` requests per
+sliding one-second window (WorkOS documents 6,000 per 60 s per IP, i.e. 100/s);
+a request over it gets ``429`` with ``Retry-After`` (whole seconds until the
+window has room). ``latency`` delays every answer, 429s included, like a
+distant server.
+
 Faults on demand: :meth:`WorkOSServer.script` queues outcomes for the next
 requests (a status, ``Fault.reset()``, ``Fault.hang()``, ``Fault.slow(s)``,
 ``Fault.rate_limited(retry_after)``); ``fault_rate`` fails that share of
@@ -25,9 +31,11 @@ As a separate process (benchmarks, CLI tests)::
     python tests/workos_server.py --port 0 [--fault-rate 0.3] [--api-key sk_test]
 
 prints ``PORT <n>`` on its first line and serves until stdin closes or
-SIGTERM. ``GET /_stats`` answers ``{"requests", "accepted", "duplicates"}``;
-``POST /_control`` with ``{"fault_rate", "hang_all", "latency"}`` changes
-faults; ``POST /_reset`` forgets what was recorded.
+SIGTERM. ``GET /_stats`` answers ``{"requests", "accepted", "duplicates",
+"rate_limited", "seconds"}`` (``seconds``: ``[second, requests, 429s]`` per
+second since the first request); ``POST /_control`` with ``{"fault_rate",
+"hang_all", "latency", "rate_limit"}`` changes them; ``POST /_reset``
+forgets what was recorded.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -64,7 +73,7 @@ _REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-_SEED_REQUIRED = ("group", "action", "action_type", "actor_name", "actor_id", "target_name",
+_LEGACY_REQUIRED = ("group", "action", "action_type", "actor_name", "actor_id", "target_name",
                   "target_id", "occurred_at", "metadata")
 
 
@@ -176,9 +185,15 @@ class WorkOSServer:
     """A loopback WorkOS stand-in; see the module docstring."""
 
     def __init__(self, *, api_key: str = "sk_test", port: int = 0, fault_rate: float = 0.0,
-                 seed: int | None = None, record: bool = True, latency: float = 0.0) -> None:
+                 seed: int | None = None, record: bool = True, latency: float = 0.0,
+                 rate_limit: float | None = None) -> None:
         self.api_key = api_key
         self.latency = latency  # seconds added before every answer, like a distant server
+        self.rate_limit = rate_limit  # requests per sliding one-second window
+        self.rate_limited = 0
+        self._admitted: collections.deque[float] = collections.deque()  # inside the window
+        self._first: float | None = None
+        self._seconds: dict[int, list[int]] = {}  # second -> [requests, 429s]
         self.requested_port = port
         self.fault_rate = fault_rate
         self.hang_all = False
@@ -274,6 +289,10 @@ class WorkOSServer:
             self.accepted.clear()
             self.request_count = 0
             self.duplicates = 0
+            self.rate_limited = 0
+            self._admitted.clear()
+            self._first = None
+            self._seconds.clear()
 
     # -- observations ------------------------------------------------------------------------
     @property
@@ -319,15 +338,37 @@ class WorkOSServer:
             return Fault.reset()
         return None
 
+    def _over_limit(self, now: float) -> float | None:
+        """With the lock held: seconds until the window has room, or ``None`` to admit."""
+        if not self.rate_limit:
+            return None
+        window = self._admitted
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) >= self.rate_limit:
+            return window[0] + 1.0 - now
+        window.append(now)
+        return None
+
     def _handle(self, proto: _Protocol, request: Recorded) -> None:
         if request.path.startswith("/_"):
             self._control(proto, request)
             return
+        now = time.monotonic()
         with self._changed:
             self.request_count += 1
             if self.record:
                 self.requests.append(request)
             fault = self._choose_fault()
+            wait = self._over_limit(now) if fault is None else None
+            if self._first is None:
+                self._first = now
+            tally = self._seconds.setdefault(int(now - self._first), [0, 0])
+            tally[0] += 1
+            if wait is not None:
+                self.rate_limited += 1
+                tally[1] += 1
+                fault = Fault.rate_limited(str(max(1, math.ceil(wait))))
             self._changed.notify_all()
         if fault is not None:
             if fault.kind == "reset":
@@ -338,17 +379,21 @@ class WorkOSServer:
                 return
             if fault.kind == "status":
                 extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-                proto.respond(fault.status, {"message": fault.message or _REASONS.get(
-                    fault.status, "error"), "code": "injected_fault"}, extra)
+                payload = {"message": fault.message or _REASONS.get(fault.status, "error"),
+                           "code": "injected_fault"}
+                self._later(self.latency if wait is not None else 0.0,
+                            proto.respond, fault.status, payload, extra)
                 return
             if fault.kind == "slow":
-                assert self._loop is not None
-                self._loop.call_later(fault.delay, self._answer, proto, request)
+                self._later(fault.delay, self._answer, proto, request)
                 return
-        if self.latency and self._loop is not None:
-            self._loop.call_later(self.latency, self._answer, proto, request)
-            return
-        self._answer(proto, request)
+        self._later(self.latency, self._answer, proto, request)
+
+    def _later(self, delay: float, answer: Any, *args: Any) -> None:
+        if delay and self._loop is not None:
+            self._loop.call_later(delay, answer, *args)
+        else:
+            answer(*args)
 
     def _answer(self, proto: _Protocol, request: Recorded) -> None:
         if request.method != "POST" or request.path not in ("/events", "/audit_logs/events"):
@@ -389,7 +434,10 @@ class WorkOSServer:
         if request.path == "/_stats":
             with self._lock:
                 stats = {"requests": self.request_count, "accepted": len(self.accepted),
-                         "duplicates": self.duplicates, "connections": self._connections}
+                         "duplicates": self.duplicates, "connections": self._connections,
+                         "rate_limited": self.rate_limited,
+                         "seconds": [[second, *tally]
+                                     for second, tally in sorted(self._seconds.items())]}
             proto.respond(200, stats)
         elif request.path == "/_control":
             settings = json.loads(request.body or b"{}")
@@ -397,6 +445,9 @@ class WorkOSServer:
                 self.latency = float(settings.get("latency", self.latency))
                 self.fault_rate = float(settings.get("fault_rate", self.fault_rate))
                 self.hang_all = bool(settings.get("hang_all", self.hang_all))
+                if "rate_limit" in settings:
+                    limit = settings["rate_limit"]
+                    self.rate_limit = None if limit is None else float(limit)
             proto.respond(200, {"ok": True})
         elif request.path == "/_reset":
             self.reset()
@@ -409,7 +460,7 @@ def _problem(path: str, body: Any) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     if path == "/events":
-        missing = [k for k in _SEED_REQUIRED if k not in body]
+        missing = [k for k in _LEGACY_REQUIRED if k not in body]
         return f"missing {missing}" if missing else None
     event = body.get("event")
     if "organization_id" not in body or not isinstance(event, dict):
@@ -437,11 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds to wait before each answer (a distant server)")
+    parser.add_argument("--rate-limit", type=float, default=None,
+                        help="requests per sliding one-second window; more get 429")
     parser.add_argument("--record", action="store_true",
                         help="keep every request body (memory grows with traffic)")
     args = parser.parse_args(argv)
     server = WorkOSServer(api_key=args.api_key, port=args.port, fault_rate=args.fault_rate,
-                          seed=args.seed, record=args.record, latency=args.latency).start()
+                          seed=args.seed, record=args.record, latency=args.latency,
+                          rate_limit=args.rate_limit).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
