@@ -18,14 +18,35 @@ Reusable by any HTTP sender that implements :class:`Destination`;
 
 from __future__ import annotations
 
-from .concurrency import default_max_in_flight
-from .engine import DeliveryEngine
-from .handle import DeliveryHandle
-from .http import Destination, route
-from .outage import OutageGate
-from .outbox import DeadLetter, Outbox, OutboxStatus
-from .pacing import Pacer
-from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .concurrency import default_max_in_flight
+    from .engine import DeliveryEngine
+    from .handle import DeliveryHandle
+    from .http import Destination, route
+    from .outage import OutageGate
+    from .outbox import DeadLetter, Outbox, OutboxStatus
+    from .pacing import Pacer
+    from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+
+# Imported on first use: the engine pulls in httpx (~100 ms), which the store's
+# use of group_commit, and `import audit_instrument`, must not pay.
+_WHERE = {
+    "RETRYABLE_STATUSES": "retry", "DeadLetter": "outbox", "DeliveryEngine": "engine",
+    "DeliveryHandle": "handle", "Destination": "http", "OutageGate": "outage",
+    "Outbox": "outbox", "OutboxStatus": "outbox", "Pacer": "pacing", "RetryPolicy": "retry",
+    "default_max_in_flight": "concurrency", "parse_retry_after": "retry", "route": "http",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "RETRYABLE_STATUSES",

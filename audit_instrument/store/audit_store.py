@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from .. import signals
+from ..delivery.group_commit import GroupCommit
 from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent, format_timestamp
 from .backend import Backend, NewRow
@@ -108,10 +109,6 @@ class AuditStore:
         except BaseException:
             self._backend.close()
             raise
-        # Imported here, not at the top: the delivery package imports httpx
-        # (~80 ms), which `import audit_instrument` must not pay.
-        from ..delivery.group_commit import GroupCommit
-
         self._commits: GroupCommit[_Pending] = GroupCommit(
             self._write, name=f"audit store {self._where}"
         )
