@@ -18,7 +18,7 @@ def test_the_one_screen_example_records_two_events(tmp_path: Path,
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 - our README
     configure()
     with AuditStore(tmp_path / "audit.db", readonly=True) as store:
-        update, login = sorted(store.query().events, key=lambda e: e.action, reverse=True)
+        update, login = sorted(store.query().events, key=lambda e: e.action)
         assert store.verify().ok
     assert (update.action, update.actor_id, update.target_id, dict(update.metadata)) == (
         "tweet.update", "user_1", "tweet_5",
