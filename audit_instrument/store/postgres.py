@@ -1,0 +1,741 @@
+"""The PostgreSQL backend: one store that every process on every host writes to.
+
+The store's tables live in one schema (see :mod:`.postgres_schema`), made on
+first use. Every writer appends under a row lock on the one-row chain head
+(``SELECT … FOR UPDATE``), so the chain has one order, with no forks and no
+gaps, however many writers there are. The lock is held only for the
+insert-and-advance: the head, the stored idempotency keys among the new
+rows, one statement writing the rows, their targets and the new head, and
+a ``COMMIT`` that does not wait for the disk — the flush is waited for after
+the lock is released (see :meth:`PostgresBackend._flush`). Within a process
+the front's group commit makes the threads share each transaction.
+
+A writing store holds one connection (plus one for queries and ``verify``,
+opened on first use). A connection lost mid-write (a server restart, a
+failover) is opened again and the write retried until ``timeout``; a
+write whose ``COMMIT`` may have landed before the connection dropped is
+recognised on the retry by its idempotency keys, so nothing is stored
+twice. The password is used to connect and is never shown: messages name
+the store by :attr:`PostgresBackend.location`, the URL without it.
+
+Events written inside a caller's transaction go to the ``pending`` table
+(see :mod:`.postgres_transaction`); :meth:`PostgresBackend.chain_pending`
+moves committed ones into the chain, assigning their places while it holds
+the head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from ..errors import AuditConfigError, AuditError
+from .backend import NewRow, Row, StoredRow, TargetRow
+from .chain import Linker, Seal, record_targets
+from .postgres_schema import (
+    APPLICATION,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    create_statements,
+    schema_problems,
+)
+from .postgres_url import StoreURL, parse_store_url
+from .query import Filters
+
+__all__ = ["PostgresBackend", "row_from_record"]
+
+T = TypeVar("T")
+Connection = psycopg.Connection[Any]
+
+_CHAIN_BATCH = 1000  # pending rows chained per transaction
+_FETCH = 10_000  # rows per round trip of verify's cursors
+# SQLSTATE classes and codes after which the connection is gone or the server restarting.
+_LOST_CLASSES = ("08",)
+_LOST_CODES = frozenset({"57P01", "57P02", "57P03"})
+
+# Connections a forked child inherited: closing one would end the parent's session
+# (libpq tells the server goodbye), so the child keeps them, unused, until it exits.
+_inherited: list[Connection] = []
+
+
+def row_from_record(record: str) -> NewRow:
+    """The row for an event's stored record text (its canonical JSON)."""
+    data = json.loads(record)
+    return NewRow(
+        occurred_at=data["occurred_at"], action=data["action"], actor_id=data["actor_id"],
+        target_id=data["target_id"], group=data["group"],
+        idempotency_key=data["idempotency_key"], record=record, targets=record_targets(data),
+    )
+
+
+class _SQL:
+    """The statements of one store, with its schema name in them."""
+
+    def __init__(self, schema: str) -> None:
+        s = f'"{schema}"'
+        self.schema = schema
+        self.head = f"SELECT seq, hash FROM {s}.chain WHERE id = 1"
+        # The head transaction skips the flush wait; PostgresBackend._flush waits after it.
+        self.head_for_update = (
+            "SELECT c.seq, c.hash, s.keyed_from, s.key_id, s.head_mac, "
+            "set_config('synchronous_commit', 'off', true) "
+            f"FROM {s}.chain c LEFT JOIN {s}.chain_seal s ON s.id = 1 WHERE c.id = 1 "
+            "FOR UPDATE OF c"
+        )
+        self.flush = "SELECT pg_logical_emit_message(true, 'audit_instrument', 'flush')"
+        self.seal = f"SELECT keyed_from, key_id, head_mac FROM {s}.chain_seal WHERE id = 1"
+        self.insert_seal = (
+            f"INSERT INTO {s}.chain_seal (id, keyed_from, key_id, head_mac) VALUES (1, %s, %s, %s)"
+        )
+        self.existing = (
+            f"SELECT idempotency_key, seq FROM {s}.events WHERE idempotency_key = ANY(%s)"
+        )
+        # The rows, their target entries and the new head: one statement.
+        events = (
+            f'INSERT INTO {s}.events (seq, occurred_at, action, actor_id, target_id, "group", '
+            "idempotency_key, record, hash) SELECT * FROM unnest(%s::bigint[], %s::text[], "
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+        )
+        targets = (
+            f"INSERT INTO {s}.event_targets (target_id, occurred_at, seq) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+        )
+        head = f"UPDATE {s}.chain SET seq = %s, hash = %s WHERE id = 1"
+        self.write = f"WITH e AS ({events}), t AS ({targets}) {head}"
+        self.write_keyed = (
+            f"WITH e AS ({events}), t AS ({targets}), "
+            f"m AS (UPDATE {s}.chain_seal SET head_mac = %s WHERE id = 1) {head}"
+        )
+        self.rows = (
+            f'SELECT seq, occurred_at, action, actor_id, target_id, "group", '
+            f"idempotency_key, record, hash FROM {s}.events ORDER BY seq"
+        )
+        self.targets = f"SELECT seq, target_id, occurred_at FROM {s}.event_targets"
+        # pending rows: written in callers' transactions, chained afterwards
+        self.insert_pending = (
+            f"INSERT INTO {s}.pending (record) VALUES (%s) RETURNING id, xid::text"
+        )
+        self.take_pending = (
+            f"DELETE FROM {s}.pending WHERE id IN "
+            f"(SELECT id FROM {s}.pending ORDER BY id LIMIT %s) RETURNING id, record"
+        )
+        self.any_pending = f"SELECT EXISTS (SELECT 1 FROM {s}.pending)"
+        self.count_pending = f"SELECT count(*) FROM {s}.pending"
+        self.still_pending = f"SELECT id FROM {s}.pending WHERE id = ANY(%s)"
+        self.stored_keys = (
+            f"SELECT idempotency_key FROM {s}.events WHERE idempotency_key = ANY(%s)"
+        )
+        # A transaction counts as ended once its outcome is in the commit log *and*
+        # it has left the snapshot: only then does every later statement see its rows.
+        self.outcomes = (
+            "SELECT x::text, pg_xact_status(x), "
+            "pg_visible_in_snapshot(x, pg_current_snapshot()) "
+            "FROM unnest(%s::xid8[]) AS x"
+        )
+
+
+def _lock_id(schema: str) -> int:
+    """The advisory lock that makes creating or migrating ``schema`` one writer's job."""
+    digest = hashlib.sha256(f"{APPLICATION}:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class PostgresBackend:
+    """An audit store in a PostgreSQL schema (see :class:`~.backend.Backend`).
+
+    ``url`` is a ``postgresql://`` URL (see :mod:`.postgres_url`); ``schema``
+    the schema of the store's tables (default ``audit``, or the URL's
+    ``schema=``). ``readonly`` never creates or changes anything and reads
+    in read-only transactions (a hot standby serves it). ``synchronous``:
+    ``"FULL"`` makes the store's commits wait for the WAL flush
+    (``synchronous_commit = on``) even where the server's default is off;
+    ``"NORMAL"`` keeps the server's setting. ``timeout`` bounds connecting,
+    waiting for the chain head, and retrying a write after the connection
+    was lost.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        readonly: bool = False,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        timeout: float = 10.0,
+    ) -> None:
+        self._url: StoreURL = parse_store_url(url, schema)
+        self.location = self._url.shown
+        self.schema = self._url.schema
+        self.readonly = readonly
+        self._synchronous = synchronous
+        self._timeout = timeout
+        self._sql = _SQL(self.schema)
+        self._mutexes()
+        self._down_since: float | None = None
+        self._conn: Connection | None = None
+        self._reader: Connection | None = None
+        try:
+            conn = self._open()
+        except psycopg.Error as error:
+            raise AuditConfigError(
+                f"{self.location}: cannot connect to PostgreSQL ({self._scrub(error)})"
+            ) from None
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if readonly:
+            self._reader = conn
+        else:
+            self._conn = conn
+
+    def _mutexes(self) -> None:
+        self._write_mutex = threading.Lock()  # the writing connection: one user at a time
+        self._read_mutex = threading.Lock()
+
+    def _scrub(self, error: BaseException) -> str:
+        return self._url.scrub(_first_line(error))
+
+    # -- connecting ---------------------------------------------------------
+
+    def _open(self) -> Connection:
+        given = conninfo_to_dict(self._url.conninfo)
+        options: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in given:
+            options["connect_timeout"] = max(2, round(self._timeout))
+        if "application_name" not in given:
+            options["application_name"] = APPLICATION
+        conn = psycopg.connect(self._url.conninfo, **options)
+        try:
+            settings = {"lock_timeout": f"{round(self._timeout * 1000)}ms"}
+            if self.readonly:
+                settings["default_transaction_read_only"] = "on"
+            else:
+                # A writer stopped while holding the head (SIGSTOP, a debugger) is cut
+                # off by the server, so the others can go on.
+                settings["idle_in_transaction_session_timeout"] = (
+                    f"{round(max(self._timeout, 1.0) * 1000)}ms"
+                )
+                if self._synchronous == "FULL":
+                    settings["synchronous_commit"] = "on"
+            conn.execute(
+                "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in settings),
+                [item for pair in settings.items() for item in pair],
+            )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: Connection) -> None:
+        """Check the schema holds an audit store of a known version; create it if missing."""
+        if self.readonly:
+            version = self._version(conn)
+            if version is None:
+                raise AuditConfigError(
+                    f"{self.location}: no audit store in schema {self.schema} (nothing has "
+                    "been stored there yet)"
+                )
+        else:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self.schema),))
+                    version = self._version(conn)
+                    if version is None:
+                        for statement in create_statements(self.schema):
+                            if statement.startswith("CREATE SCHEMA") and self._schema_exists(conn):
+                                continue
+                            conn.execute(statement)
+                        version = SCHEMA_VERSION
+                    elif version < SCHEMA_VERSION:
+                        for old in range(version, SCHEMA_VERSION):
+                            for statement in MIGRATIONS[old]:
+                                conn.execute(statement)
+                        conn.execute(
+                            f'UPDATE "{self.schema}".store_meta SET version = %s WHERE id = 1',
+                            (SCHEMA_VERSION,),
+                        )
+                        version = SCHEMA_VERSION
+            except psycopg.Error as error:
+                raise AuditConfigError(
+                    f"{self.location}: cannot create the audit store in schema {self.schema} "
+                    f"({self._scrub(error)})"
+                ) from None
+        if version > SCHEMA_VERSION:
+            raise AuditConfigError(
+                f"{self.location}: written by a newer audit_instrument (schema {version}); upgrade"
+            )
+
+    def _schema_exists(self, conn: Connection) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
+        ).fetchone()
+        return row is not None
+
+    def _version(self, conn: Connection) -> int | None:
+        """The store's schema version; ``None`` if there is none yet; raise if foreign."""
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, (SELECT count(*) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s)",
+            (f'"{self.schema}".store_meta', self.schema),
+        ).fetchone()
+        assert row is not None
+        has_meta, relations = row
+        if not has_meta:
+            if relations:
+                raise AuditConfigError(
+                    f"{self.location}: schema {self.schema} holds other tables, not an audit "
+                    "store (choose another schema=)"
+                )
+            return None
+        meta = conn.execute(
+            f'SELECT application, version FROM "{self.schema}".store_meta WHERE id = 1'
+        ).fetchone()
+        if meta is None or meta[0] != APPLICATION:
+            raise AuditConfigError(
+                f"{self.location}: schema {self.schema} is not an audit store "
+                "(its store_meta names another application)"
+            )
+        return int(meta[1])
+
+    def _lost(self, error: psycopg.Error, conn: Connection | None) -> bool:
+        """Whether ``error`` means the connection (or the server) went away."""
+        if conn is None or conn.closed or conn.broken:
+            return True
+        code = error.sqlstate or ""
+        return code[:2] in _LOST_CLASSES or code in _LOST_CODES
+
+    def _drop(self, conn: Connection | None) -> None:
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+    # -- writing: one user of the writer connection at a time, retried over reconnects ---
+
+    def _writing(self, work: Callable[[Connection, bool], T]) -> T:
+        """Run ``work(conn, retried)`` in the writer; reconnect and retry until ``timeout``.
+
+        ``retried`` tells ``work`` that an earlier attempt may have committed.
+        Once the server has been unreachable for a whole ``timeout``, each
+        call makes one attempt only, until one succeeds: a queue of writes
+        fails at once rather than one timeout after another.
+        """
+        if self.readonly:
+            raise AuditConfigError(f"{self.location}: opened read-only; cannot write")
+        with self._write_mutex:
+            now = time.monotonic()
+            deadline = now if self._down_since is not None else now + self._timeout
+            delay = 0.05
+            retried = False
+            while True:
+                conn = self._conn
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        self._drop(conn)
+                        self._conn = conn = None
+                        self._conn = conn = self._open()
+                    result = work(conn, retried)
+                except psycopg.Error as error:
+                    if not self._lost(error, conn):
+                        raise
+                    self._drop(conn)
+                    self._conn = None
+                    if time.monotonic() + delay > deadline:
+                        if self._down_since is None:
+                            self._down_since = time.monotonic()
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    retried = True
+                    continue
+                self._down_since = None
+                return result
+
+    def seal(self) -> Seal | None:
+        row = self._read(lambda conn: conn.execute(self._sql.seal).fetchone())
+        return None if row is None else Seal(int(row[0]), str(row[1]), str(row[2]))
+
+    def start_seal(self, key_id: str, head_mac: Callable[[int, str], str]) -> Seal:
+        def work(conn: Connection, retried: bool) -> Seal:
+            with conn.transaction():
+                seq, digest, keyed_from, old_id, old_mac, _ = self._hold_head(conn)
+                if keyed_from is not None:
+                    return Seal(int(keyed_from), str(old_id), str(old_mac))
+                seal = Seal(int(seq) + 1, key_id, head_mac(int(seq), str(digest)))
+                conn.execute(self._sql.insert_seal, (seal.keyed_from, seal.key_id, seal.head_mac))
+            self._flush(conn)
+            return seal
+
+        return self._writing(work)
+
+    def _missing_head(self) -> AuditConfigError:
+        return AuditConfigError(
+            f"{self.location}: the chain head is missing (deleted behind the store's back); "
+            "run verify to see what else changed"
+        )
+
+    def append(
+        self, rows: Sequence[NewRow], linker: Callable[[Seal | None], Linker]
+    ) -> list[int | None]:
+        keys = [row.idempotency_key for row in rows]
+
+        def work(conn: Connection, retried: bool) -> list[int | None]:
+            with conn.transaction():
+                locked = self._hold_head(conn)
+                found = conn.execute(self._sql.existing, (keys,)).fetchall()
+                existing = {str(key): int(seq) for key, seq in found}
+                # After a lost connection, rows already stored may be this call's own
+                # (its COMMIT landed before the connection dropped): answer their seq.
+                seqs = self._link(conn, locked, rows, existing, linker, keep_existing=retried)
+            if any(seq is not None for seq in seqs):
+                self._flush(conn)
+            return seqs
+
+        return self._writing(work)
+
+    def _hold_head(self, conn: Connection) -> tuple[Any, ...]:
+        """Lock the chain head for this transaction; the head and the seal."""
+        locked = conn.execute(self._sql.head_for_update).fetchone()
+        if locked is None:
+            raise self._missing_head()
+        return tuple(locked)
+
+    def _flush(self, conn: Connection) -> None:
+        """Return once the transaction just committed is as durable as the server's commits.
+
+        The head is held only for the insert-and-advance: its transaction
+        commits without waiting for the WAL flush (``synchronous_commit =
+        off`` for that transaction alone), and the flush is waited for here,
+        after the head was released, by committing one WAL record (a
+        transactional logical message) at the session's ``synchronous_commit``
+        — which flushes the WAL up to it, and so the rows before it. Writers
+        on the head take turns without an fsync each in between, while the
+        flushes of several writers are shared (``benchmarks/bench_postgres.py``
+        shows the gain). A crash before the flush loses the transaction and
+        every later one with it (the WAL is replayed up to a point), so the
+        chain stays whole; the caller hears of success only after the flush.
+        """
+        conn.execute(self._sql.flush)
+
+    def _link(
+        self,
+        conn: Connection,
+        head: tuple[Any, ...],
+        rows: Sequence[NewRow],
+        existing: dict[str, int],
+        linker: Callable[[Seal | None], Linker],
+        *,
+        keep_existing: bool,
+    ) -> list[int | None]:
+        """Insert ``rows`` after the locked ``head`` (inside its transaction); their seqs."""
+        seq, previous = int(head[0]), str(head[1])
+        seal = None if head[2] is None else Seal(int(head[2]), str(head[3]), str(head[4]))
+        link = linker(seal)
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
+        targets: tuple[list[Any], ...] = ([], [], [])
+        seqs: list[int | None] = []
+        taken: set[str] = set()
+        for row in rows:
+            key = row.idempotency_key
+            if key in existing or key in taken:
+                seqs.append(existing.get(key) if keep_existing else None)
+                continue
+            taken.add(key)
+            seq += 1
+            digest = link.link(seq, previous, row.record)
+            previous = digest
+            seqs.append(seq)
+            for column, value in zip(columns, (
+                seq, row.occurred_at, row.action, row.actor_id, row.target_id, row.group,
+                key, row.record, digest,
+            )):
+                column.append(value)
+            for target in row.targets:
+                targets[0].append(target)
+                targets[1].append(row.occurred_at)
+                targets[2].append(seq)
+        if taken:
+            mac = link.head_mac(seq, previous)
+            if mac is None:
+                conn.execute(self._sql.write, (*columns, *targets, seq, previous))
+            else:
+                conn.execute(self._sql.write_keyed, (*columns, *targets, mac, seq, previous))
+        return seqs
+
+    def transient(self, error: Exception) -> bool:
+        """Whether another attempt could succeed (a lost connection, a lock timeout)."""
+        return isinstance(error, psycopg.OperationalError)
+
+    # -- rows written in callers' transactions ---------------------------------------
+
+    @property
+    def insert_pending(self) -> str:
+        """``INSERT`` of one pending row (``%s``: its record); returns ``(id, xid)``."""
+        return self._sql.insert_pending
+
+    def chain_pending(self, linker: Callable[[Seal | None], Linker]) -> int:
+        """Chain the committed pending rows, oldest first; how many were taken.
+
+        Each batch is one transaction holding the head: the rows are deleted
+        from ``pending`` and appended to the chain together, or neither. A
+        row committed after a batch began is not seen by it and waits for the
+        next one — positions are assigned here, never reserved — so a late
+        commit is never skipped. Rows whose idempotency key is stored already
+        are dropped.
+        """
+        total = 0
+        while True:
+            done = self._writing(lambda conn, retried: self._chain_batch(conn, linker))
+            total += done
+            if done < _CHAIN_BATCH:
+                return total
+
+    def _chain_batch(self, conn: Connection, linker: Callable[[Seal | None], Linker]) -> int:
+        with conn.transaction():
+            locked = self._hold_head(conn)
+            records = sorted(conn.execute(self._sql.take_pending, (_CHAIN_BATCH,)).fetchall())
+            if not records:
+                return 0
+            rows = [row_from_record(record) for _, record in records]
+            found = conn.execute(
+                self._sql.existing, ([row.idempotency_key for row in rows],)
+            ).fetchall()
+            existing = {str(key): int(seq) for key, seq in found}
+            self._link(conn, locked, rows, existing, linker, keep_existing=False)
+        self._flush(conn)
+        return len(records)
+
+    def any_pending(self) -> bool:
+        """Whether committed rows wait in ``pending``."""
+        def work(conn: Connection, retried: bool) -> bool:
+            row = conn.execute(self._sql.any_pending).fetchone()
+            return bool(row and row[0])
+
+        return self._writing(work)
+
+    def outcomes(self, xids: Sequence[str]) -> dict[str, str]:
+        """The fate of each transaction id: ``committed``, ``aborted`` or ``in progress``.
+
+        A transaction is reported ended only once every later statement sees
+        it as ended (its rows visible if it committed). An id too old for the
+        server to remember is reported ``aborted``.
+        """
+        def work(conn: Connection, retried: bool) -> dict[str, str]:
+            found = conn.execute(self._sql.outcomes, (list(xids),)).fetchall()
+            result = {}
+            for xid, status, visible in found:
+                if status is None:
+                    status = "aborted"
+                elif not visible:
+                    status = "in progress"
+                result[str(xid)] = str(status)
+            return result
+
+        return self._writing(work)
+
+    def kept(self, ids: Sequence[int], keys: Sequence[str]) -> set[str]:
+        """Of pending rows ``ids`` with idempotency ``keys``: the keys that committed.
+
+        A row is kept if it is still pending or its key is in the chain; a row
+        rolled back to a savepoint of a committed transaction is neither.
+        """
+        def work(conn: Connection, retried: bool) -> set[str]:
+            still = conn.execute(self._sql.still_pending, (list(ids),)).fetchall()
+            stored = conn.execute(self._sql.stored_keys, (list(keys),)).fetchall()
+            pending = {int(row[0]) for row in still}
+            chained = {str(row[0]) for row in stored}
+            return {key for id_, key in zip(ids, keys) if id_ in pending or key in chained}
+
+        return self._writing(work)
+
+    # -- reading -------------------------------------------------------------
+
+    def _read_conn(self) -> Connection:
+        conn = self._reader
+        if conn is None or conn.closed or conn.broken:
+            self._drop(conn)
+            self._reader = None
+            self._reader = conn = self._open()
+        return conn
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)`` on the read connection, reopened and run again once if it was
+        lost (reads change nothing); other errors as the library's."""
+        with self._read_mutex:
+            for attempt in (1, 2):
+                conn = self._reader
+                try:
+                    conn = self._read_conn()
+                    return fn(conn)
+                except psycopg.Error as error:
+                    lost = self._lost(error, conn)
+                    if lost:
+                        self._drop(conn)
+                        self._reader = None
+                    if not (lost and attempt == 1):
+                        raise self._read_error(error) from None
+            raise AssertionError("unreachable")
+
+    def _read_error(self, error: psycopg.Error) -> AuditError:
+        return AuditError(f"{self.location}: cannot read the audit store ({self._scrub(error)})")
+
+    def head(self) -> tuple[int, str]:
+        row = self._read(lambda conn: conn.execute(self._sql.head).fetchone())
+        if row is None:
+            raise self._missing_head()
+        return int(row[0]), str(row[1])
+
+    def _select(self, what: str, filters: Filters) -> tuple[str, list[object], str]:
+        """SQL from ``SELECT what`` to the WHERE clause, its parameters, and the order key."""
+        s = f'"{self.schema}"'
+        params: list[object] = []
+        clauses: list[str] = []
+        if filters.target is not None:
+            sql = f"SELECT {what} FROM {s}.event_targets t JOIN {s}.events e ON e.seq = t.seq"
+            clauses.append("t.target_id = %s")
+            params.append(filters.target)
+            order = "t"
+        else:
+            sql = f"SELECT {what} FROM {s}.events e"
+            order = "e"
+        for column, value in (
+            ("e.actor_id", filters.actor),
+            ("e.action", filters.action),
+            ('e."group"', filters.group),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if filters.since is not None:
+            clauses.append(f"{order}.occurred_at >= %s")
+            params.append(filters.since)
+        if filters.until is not None:
+            clauses.append(f"{order}.occurred_at < %s")
+            params.append(filters.until)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return sql + where, params, order
+
+    def page(
+        self, filters: Filters, limit: int, after: tuple[str, int] | None
+    ) -> list[StoredRow]:
+        sql, params, t = self._select("e.occurred_at, e.seq, e.record, e.hash", filters)
+        if after is not None:
+            sql += (" AND " if params else " WHERE ") + f"({t}.occurred_at, {t}.seq) < (%s, %s)"
+            params.extend(after)
+        sql += f" ORDER BY {t}.occurred_at DESC, {t}.seq DESC LIMIT %s"
+        params.append(limit)
+        found = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [(str(a), int(b), str(c), str(d)) for a, b, c, d in found]
+
+    def count(self, filters: Filters) -> int:
+        sql, params, _ = self._select("count(*)", filters)
+        row = self._read(lambda conn: conn.execute(sql, params).fetchone())
+        return int(row[0]) if row else 0
+
+    @contextmanager
+    def snapshot(self) -> Iterator[_Snapshot]:
+        with self._read_mutex:
+            conn = self._reader
+            try:
+                conn = self._read_conn()
+                # one snapshot for the whole walk, whatever commits meanwhile
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    snapshot = _Snapshot(conn, self._sql)
+                    try:
+                        yield snapshot
+                    finally:
+                        snapshot.close()
+            except psycopg.Error as error:
+                if self._lost(error, conn):
+                    self._drop(conn)
+                    self._reader = None
+                raise self._read_error(error) from None
+
+    def check(self) -> list[str]:
+        def run(conn: Connection) -> tuple[list[str], int | None]:
+            return schema_problems(conn.cursor(), self.schema), self._version(conn)
+
+        problems, version = self._read(run)
+        if problems:
+            return [f"schema: {problem}" for problem in problems]
+        if version != SCHEMA_VERSION:
+            return [f"schema: version {version} is not one this code reads"]
+        return []
+
+    # -- lifetime ------------------------------------------------------------
+
+    def after_fork(self, *, idle: bool) -> None:
+        # Never close the parent's connections here, idle or not: libpq would end the
+        # parent's sessions. This process opens its own on first use.
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                _inherited.append(conn)
+        self._conn = self._reader = None
+        self._down_since = None
+        self._mutexes()
+
+    def close(self) -> None:
+        with self._write_mutex, self._read_mutex:
+            self._drop(self._conn)
+            self._drop(self._reader)
+            self._conn = self._reader = None
+
+
+class _Snapshot:
+    """What ``verify`` reads, inside one repeatable-read transaction."""
+
+    def __init__(self, conn: Connection, sql: _SQL) -> None:
+        self._conn = conn
+        self._sql = sql
+        self._streams: list[Generator[Any, None, None]] = []
+
+    def head(self) -> tuple[int, str] | None:
+        row = self._conn.execute(self._sql.head).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def seal(self) -> Seal | None:
+        row = self._conn.execute(self._sql.seal).fetchone()
+        return None if row is None else Seal(int(row[0]), str(row[1]), str(row[2]))
+
+    def _stream(self, name: str, sql: str) -> Generator[Any, None, None]:
+        stream = self._cursor_rows(name, sql)
+        self._streams.append(stream)
+        return stream
+
+    def _cursor_rows(self, name: str, sql: str) -> Generator[Any, None, None]:
+        with self._conn.cursor(name=name) as cursor:
+            cursor.itersize = _FETCH
+            cursor.execute(sql)
+            yield from cursor
+
+    def close(self) -> None:
+        """Close the cursors of a walk that stopped early, inside the transaction."""
+        for stream in self._streams:
+            stream.close()
+
+    def rows(self) -> Iterator[Row]:
+        return self._stream("audit_verify_rows", self._sql.rows)
+
+    def targets(self, *, ordered: bool) -> Iterator[TargetRow] | None:
+        order = " ORDER BY seq, target_id" if ordered else ""
+        return self._stream(f"audit_verify_targets_{int(ordered)}", self._sql.targets + order)
+
+    def pending(self) -> int:
+        row = self._conn.execute(self._sql.count_pending).fetchone()
+        return int(row[0]) if row else 0
