@@ -66,6 +66,13 @@ _LOST_CODES = frozenset({"57P01", "57P02", "57P03"})
 _inherited: list[Connection] = []
 
 
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+class _DuplicateError(Exception):
+    """A row's idempotency key was stored already: roll back and look the keys up first."""
+
+
 def row_from_record(record: str) -> NewRow:
     """The row for an event's stored record text (its canonical JSON)."""
     data = json.loads(record)
@@ -83,14 +90,17 @@ class _SQL:
         s = f'"{schema}"'
         self.schema = schema
         self.head = f"SELECT seq, hash FROM {s}.chain WHERE id = 1"
-        # The head transaction skips the flush wait; PostgresBackend._flush waits after it.
-        self.head_for_update = (
-            "SELECT c.seq, c.hash, s.keyed_from, s.key_id, s.head_mac, "
-            "set_config('synchronous_commit', 'off', true) "
+        # The head, locked for the transaction (see PostgresBackend._holding_head).
+        lock = (
+            "SELECT c.seq, c.hash, s.keyed_from, s.key_id, s.head_mac{} "
             f"FROM {s}.chain c LEFT JOIN {s}.chain_seal s ON s.id = 1 WHERE c.id = 1 "
             "FOR UPDATE OF c"
         )
+        self.lock_head = "BEGIN; " + lock.format(
+            ", set_config('synchronous_commit', 'off', true)")
+        self.lock_head_flushed = "BEGIN; " + lock.format("")
         self.flush = "SELECT pg_logical_emit_message(true, 'audit_instrument', 'flush')"
+        self.commit_and_flush = "COMMIT; " + self.flush
         self.seal = f"SELECT keyed_from, key_id, head_mac FROM {s}.chain_seal WHERE id = 1"
         self.insert_seal = (
             f"INSERT INTO {s}.chain_seal (id, keyed_from, key_id, head_mac) VALUES (1, %s, %s, %s)"
@@ -98,21 +108,26 @@ class _SQL:
         self.existing = (
             f"SELECT idempotency_key, seq FROM {s}.events WHERE idempotency_key = ANY(%s)"
         )
-        # The rows, their target entries and the new head: one statement.
+        # The rows, their target entries and the new head: one statement, which
+        # answers how many rows it inserted (fewer: an idempotency key is stored).
         events = (
             f'INSERT INTO {s}.events (seq, occurred_at, action, actor_id, target_id, "group", '
             "idempotency_key, record, hash) SELECT * FROM unnest(%s::bigint[], %s::text[], "
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1"
         )
         targets = (
             f"INSERT INTO {s}.event_targets (target_id, occurred_at, seq) "
             "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
         )
         head = f"UPDATE {s}.chain SET seq = %s, hash = %s WHERE id = 1"
-        self.write = f"WITH e AS ({events}), t AS ({targets}) {head}"
+        self.write = (
+            f"WITH e AS ({events}), t AS ({targets}), h AS ({head}) SELECT count(*) FROM e"
+        )
         self.write_keyed = (
             f"WITH e AS ({events}), t AS ({targets}), "
-            f"m AS (UPDATE {s}.chain_seal SET head_mac = %s WHERE id = 1) {head}"
+            f"m AS (UPDATE {s}.chain_seal SET head_mac = %s WHERE id = 1), "
+            f"h AS ({head}) SELECT count(*) FROM e"
         )
         self.rows = (
             f'SELECT seq, occurred_at, action, actor_id, target_id, "group", '
@@ -166,6 +181,10 @@ class PostgresBackend:
     was lost.
     """
 
+    flush_apart = True
+    """Wait for the WAL flush after releasing the head (see :meth:`_holding_head`);
+    ``False`` commits with the flush under the head, for comparison in the benchmark."""
+
     def __init__(
         self,
         url: str,
@@ -182,6 +201,7 @@ class PostgresBackend:
         self._synchronous = synchronous
         self._timeout = timeout
         self._sql = _SQL(self.schema)
+        self._flush_apart = self.flush_apart
         self._mutexes()
         self._down_since: float | None = None
         self._conn: Connection | None = None
@@ -274,6 +294,12 @@ class PostgresBackend:
                     f"{self.location}: cannot create the audit store in schema {self.schema} "
                     f"({self._scrub(error)})"
                 ) from None
+            if self._flush_apart:  # see _holding_head
+                row = conn.execute(
+                    "SELECT has_function_privilege("
+                    "'pg_logical_emit_message(boolean, text, text)', 'EXECUTE')"
+                ).fetchone()
+                self._flush_apart = bool(row and row[0])
         if version > SCHEMA_VERSION:
             raise AuditConfigError(
                 f"{self.location}: written by a newer audit_instrument (schema {version}); upgrade"
@@ -372,13 +398,11 @@ class PostgresBackend:
 
     def start_seal(self, key_id: str, head_mac: Callable[[int, str], str]) -> Seal:
         def work(conn: Connection, retried: bool) -> Seal:
-            with conn.transaction():
-                seq, digest, keyed_from, old_id, old_mac, _ = self._hold_head(conn)
+            with self._holding_head(conn) as (seq, digest, keyed_from, old_id, old_mac):
                 if keyed_from is not None:
                     return Seal(int(keyed_from), str(old_id), str(old_mac))
                 seal = Seal(int(seq) + 1, key_id, head_mac(int(seq), str(digest)))
                 conn.execute(self._sql.insert_seal, (seal.keyed_from, seal.key_id, seal.head_mac))
-            self._flush(conn)
             return seal
 
         return self._writing(work)
@@ -389,48 +413,77 @@ class PostgresBackend:
             "run verify to see what else changed"
         )
 
+    @contextmanager
+    def _holding_head(self, conn: Connection) -> Iterator[tuple[Any, ...]]:
+        """A transaction holding the chain head: yields ``(seq, hash, keyed_from, key_id,
+        head_mac)``; commits (and waits for the flush) if the block finishes, else rolls back.
+
+        Three round trips: ``BEGIN`` and the lock; the caller's statements;
+        ``COMMIT`` and the flush. The head is held only for the
+        insert-and-advance: its transaction commits without waiting for the
+        WAL flush (``synchronous_commit = off`` for that transaction alone);
+        in the same round trip as the ``COMMIT``, the writer then commits one
+        WAL record (a transactional logical message) at the session's
+        ``synchronous_commit``, which flushes the WAL up to it — and so the
+        rows before it — after the head was released. Writers take turns on
+        the head without an fsync each in between, and concurrent flushes are
+        shared (``benchmarks/bench_postgres.py`` compares the flush under the
+        head). A crash before the flush loses that transaction and every
+        later one with it (the WAL is replayed up to a point), so the chain
+        stays whole; the caller hears of success only after the flush. Rows
+        are visible to readers from the ``COMMIT`` on, a moment before they
+        are durable. Without the right to call ``pg_logical_emit_message``
+        (everyone's by default) the store flushes under the head.
+        """
+        apart = self._flush_apart
+        cursor = conn.execute(self._sql.lock_head if apart else self._sql.lock_head_flushed)
+        try:
+            cursor.nextset()  # past BEGIN's result
+            head = cursor.fetchone()
+            if head is None:
+                raise self._missing_head()
+            yield tuple(head[:5])
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != _IDLE:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass  # the connection is going; the server rolls back
+            raise
+        conn.execute(self._sql.commit_and_flush if apart else "COMMIT")
+
     def append(
         self, rows: Sequence[NewRow], linker: Callable[[Seal | None], Linker]
     ) -> list[int | None]:
-        keys = [row.idempotency_key for row in rows]
-
         def work(conn: Connection, retried: bool) -> list[int | None]:
-            with conn.transaction():
-                locked = self._hold_head(conn)
-                found = conn.execute(self._sql.existing, (keys,)).fetchall()
-                existing = {str(key): int(seq) for key, seq in found}
-                # After a lost connection, rows already stored may be this call's own
-                # (its COMMIT landed before the connection dropped): answer their seq.
-                seqs = self._link(conn, locked, rows, existing, linker, keep_existing=retried)
-            if any(seq is not None for seq in seqs):
-                self._flush(conn)
-            return seqs
+            if not retried:
+                try:  # as a rule no key is stored yet: no need to look them up first
+                    return self._append(conn, rows, linker, check_keys=False)
+                except _DuplicateError:
+                    pass
+            # After a lost connection, rows already stored may be this call's own
+            # (its COMMIT landed before the connection dropped): answer their seq.
+            return self._append(conn, rows, linker, check_keys=True, keep_existing=retried)
 
         return self._writing(work)
 
-    def _hold_head(self, conn: Connection) -> tuple[Any, ...]:
-        """Lock the chain head for this transaction; the head and the seal."""
-        locked = conn.execute(self._sql.head_for_update).fetchone()
-        if locked is None:
-            raise self._missing_head()
-        return tuple(locked)
-
-    def _flush(self, conn: Connection) -> None:
-        """Return once the transaction just committed is as durable as the server's commits.
-
-        The head is held only for the insert-and-advance: its transaction
-        commits without waiting for the WAL flush (``synchronous_commit =
-        off`` for that transaction alone), and the flush is waited for here,
-        after the head was released, by committing one WAL record (a
-        transactional logical message) at the session's ``synchronous_commit``
-        — which flushes the WAL up to it, and so the rows before it. Writers
-        on the head take turns without an fsync each in between, while the
-        flushes of several writers are shared (``benchmarks/bench_postgres.py``
-        shows the gain). A crash before the flush loses the transaction and
-        every later one with it (the WAL is replayed up to a point), so the
-        chain stays whole; the caller hears of success only after the flush.
-        """
-        conn.execute(self._sql.flush)
+    def _append(
+        self,
+        conn: Connection,
+        rows: Sequence[NewRow],
+        linker: Callable[[Seal | None], Linker],
+        *,
+        check_keys: bool,
+        keep_existing: bool = False,
+    ) -> list[int | None]:
+        with self._holding_head(conn) as head:
+            existing: dict[str, int] = {}
+            if check_keys:
+                found = conn.execute(
+                    self._sql.existing, ([row.idempotency_key for row in rows],)
+                ).fetchall()
+                existing = {str(key): int(seq) for key, seq in found}
+            return self._link(conn, head, rows, existing, linker, keep_existing=keep_existing)
 
     def _link(
         self,
@@ -442,7 +495,11 @@ class PostgresBackend:
         *,
         keep_existing: bool,
     ) -> list[int | None]:
-        """Insert ``rows`` after the locked ``head`` (inside its transaction); their seqs."""
+        """Insert ``rows`` after the locked ``head`` (inside its transaction); their seqs.
+
+        Raises :class:`_DuplicateError` if a row's idempotency key turns out to be
+        stored already (not in ``existing``): the caller rolls back.
+        """
         seq, previous = int(head[0]), str(head[1])
         seal = None if head[2] is None else Seal(int(head[2]), str(head[3]), str(head[4]))
         link = linker(seal)
@@ -472,9 +529,13 @@ class PostgresBackend:
         if taken:
             mac = link.head_mac(seq, previous)
             if mac is None:
-                conn.execute(self._sql.write, (*columns, *targets, seq, previous))
+                written = conn.execute(self._sql.write, (*columns, *targets, seq, previous))
             else:
-                conn.execute(self._sql.write_keyed, (*columns, *targets, mac, seq, previous))
+                written = conn.execute(
+                    self._sql.write_keyed, (*columns, *targets, mac, seq, previous))
+            inserted = written.fetchone()
+            if inserted is None or inserted[0] != len(taken):
+                raise _DuplicateError
         return seqs
 
     def transient(self, error: Exception) -> bool:
@@ -506,18 +567,15 @@ class PostgresBackend:
                 return total
 
     def _chain_batch(self, conn: Connection, linker: Callable[[Seal | None], Linker]) -> int:
-        with conn.transaction():
-            locked = self._hold_head(conn)
+        with self._holding_head(conn) as head:
             records = sorted(conn.execute(self._sql.take_pending, (_CHAIN_BATCH,)).fetchall())
-            if not records:
-                return 0
-            rows = [row_from_record(record) for _, record in records]
-            found = conn.execute(
-                self._sql.existing, ([row.idempotency_key for row in rows],)
-            ).fetchall()
-            existing = {str(key): int(seq) for key, seq in found}
-            self._link(conn, locked, rows, existing, linker, keep_existing=False)
-        self._flush(conn)
+            if records:
+                rows = [row_from_record(record) for _, record in records]
+                found = conn.execute(
+                    self._sql.existing, ([row.idempotency_key for row in rows],)
+                ).fetchall()
+                existing = {str(key): int(seq) for key, seq in found}
+                self._link(conn, head, rows, existing, linker, keep_existing=False)
         return len(records)
 
     def any_pending(self) -> bool:

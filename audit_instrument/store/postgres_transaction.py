@@ -32,6 +32,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -42,6 +43,7 @@ from .. import _stats, signals
 from .._json import canonical_json
 from ..errors import AuditConfigError, DeliveryError
 from ..event import AuditEvent
+from .chain import Linker, Seal
 
 if TYPE_CHECKING:
     from .audit_store import AuditStore
@@ -199,7 +201,7 @@ class _Block:
         except DeliveryError as error:
             _stats.note_failure(
                 f"in_transaction {self.store._where}",
-                f"audit_instrument: {error}", error=error,
+                str(error), error=error,
             )
 
 
@@ -230,7 +232,12 @@ class Transactions:
     """A store's transactional writes: blocks, and the thread that settles them."""
 
     def __init__(self, store: AuditStore, backend: PostgresBackend) -> None:
-        self._store = store
+        # The thread holds the store weakly: a store dropped without close() stops it.
+        self._store_ref = weakref.ref(store)
+        self._where = store._where
+        key = store._key
+        self._linker: Callable[[Seal | None], Linker] = lambda seal: Linker(
+            seal, key, self._where)
         self._backend = backend
         self.poll = POLL
         self._setup()
@@ -246,7 +253,7 @@ class Transactions:
 
     def _start(self) -> None:
         self._thread = threading.Thread(
-            target=self._run, name=f"audit-instrument-chain {self._store._where}", daemon=True
+            target=self._run, name=f"audit-instrument-chain {self._where}", daemon=True
         )
         self._thread.start()
 
@@ -260,14 +267,16 @@ class Transactions:
         """``store.in_transaction(conn)``: see the module."""
         current = _scope.get()
         if isinstance(current, _Block):
-            if current.store is self._store and current.conn is conn:
+            if current.store is self._store_ref() and current.conn is conn:
                 yield  # nested in a block of the same store and connection: one block
                 return
             raise AuditConfigError(
                 "in_transaction() blocks of different stores or connections cannot be nested"
             )
         insert = caller_insert(conn)
-        block = _Block(self._store, conn, insert, self._backend.insert_pending)
+        store = self._store_ref()
+        assert store is not None  # the caller holds it
+        block = _Block(store, conn, insert, self._backend.insert_pending)
         token = _scope.set(block)
         try:
             with signals.divert(block.take):
@@ -314,6 +323,9 @@ class Transactions:
                     self._cond.wait(wake - now)
                 closed = self._closed
                 held = dict(self._held)
+            if self._store_ref() is None:  # dropped without close(): nobody to settle for
+                self._backend.close()
+                return
             try:
                 if held:
                     self._settle(held)
@@ -323,8 +335,8 @@ class Transactions:
                         self._chain()
             except Exception as error:
                 _stats.note_failure(
-                    f"chaining {self._store._where}",
-                    f"audit_instrument: {self._store._where}: could not settle transactional "
+                    f"chaining {self._where}",
+                    f"{self._where}: could not settle transactional "
                     f"writes, trying again ({error})", error=error,
                 )
                 with self._cond:
@@ -350,8 +362,8 @@ class Transactions:
             self._chain()
         except Exception as error:  # the rows are safe in pending; POLL chains them later
             _stats.note_failure(
-                f"chaining {self._store._where}",
-                f"audit_instrument: {self._store._where}: could not chain committed events "
+                f"chaining {self._where}",
+                f"{self._where}: could not chain committed events "
                 f"yet ({error})", error=error,
             )
         kept = self._backend.kept(
@@ -360,10 +372,12 @@ class Transactions:
         self._hand_on([item for item in committed if item.event.idempotency_key in kept])
 
     def _chain(self) -> None:
-        self._backend.chain_pending(self._store._linker)
+        self._backend.chain_pending(self._linker)
 
     def _hand_on(self, items: list[_Written]) -> None:
-        store = self._store
+        store = self._store_ref()
+        if store is None:
+            return
         for item in items:
             signals.report_delivered(item.event, store)
         others = [item.event for item in items if item.hand_on]
@@ -376,8 +390,8 @@ class Transactions:
             self._held.clear()
         if left:
             _stats.note_failure(
-                f"closed with open transactions {self._store._where}",
-                f"audit_instrument: {self._store._where} closed while {left} event(s) waited for "
+                f"closed with open transactions {self._where}",
+                f"{self._where} closed while {left} event(s) waited for "
                 "their transaction to end: they are in the store if it commits, but the other "
                 "senders will not get them",
                 level=logging.WARNING,

@@ -27,13 +27,14 @@ from typing import Any
 
 import pytest
 
-__all__ = ["Cluster", "PgSchema", "pg", "postgres_cluster"]
+__all__ = ["Cluster", "PgSchema", "find_bindir", "pg", "postgres_cluster"]
 
 _DATABASE = "audit_tests"
 _schemas = itertools.count(1)
 
 
-def _bindir() -> Path | None:
+def find_bindir() -> Path | None:
+    """Where ``pg_ctl`` and ``initdb`` are, or ``None``."""
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
         return Path(found).resolve().parent
@@ -52,8 +53,9 @@ def _free_port() -> int:
 class Cluster:
     """A PostgreSQL server of its own, in a temporary directory, on 127.0.0.1."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
         self.bindir = bindir
+        self.fsync = fsync  # off for the tests: a server crash is safe without it, not the OS
         self.root = Path(tempfile.mkdtemp(prefix="audit-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -88,7 +90,7 @@ class Cluster:
 
     def _pg_ctl_start(self) -> None:
         options = (f"-k {self.root} -c listen_addresses=127.0.0.1 -p {self.port} "
-                   "-c fsync=off -c max_connections=200")
+                   f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200")
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
                   "-o", options)
 
@@ -152,7 +154,7 @@ def postgres_cluster() -> Iterator[Cluster]:
         import psycopg  # noqa: F401
     except ImportError:
         _missing("psycopg is not installed (pip install -e '.[test]')")
-    bindir = _bindir()
+    bindir = find_bindir()
     if bindir is None:
         _missing("PostgreSQL server binaries (pg_ctl, initdb) not found: "
                  "apt-get install postgresql")
