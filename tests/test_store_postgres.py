@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from support.events import T0, make_event
 from support.postgres import PgSchema
+from support.waiting import wait_for
 
 from audit_instrument import (
     AuditConfigError,
@@ -21,9 +23,11 @@ from audit_instrument import (
     audit,
     audit_actor,
     configure,
+    emit,
 )
 from audit_instrument.cli import main
 from audit_instrument.store import AuditStore, canonical_json, chain_hash
+from audit_instrument.store.postgres import PostgresBackend
 
 KEY = "postgres-test-key-0123456789abcdef"
 
@@ -449,3 +453,61 @@ def test_cli_reports_an_unreachable_server_in_one_line(
     code, _, err = _cli(capsys, "verify", url)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "cannot connect" in err and "hunter2" not in err
+
+
+def test_deleted_chain_head_is_reported_and_stops_writes(pg: PgSchema) -> None:
+    _fill(pg, 3)
+    pg.execute("DELETE FROM {s}.chain")
+    with AuditStore(pg.url) as store:
+        result = store.verify()
+        assert not result.ok and result.bad_row == 0 and "missing" in result.reason
+        with pytest.raises(DeliveryError, match="chain head is missing"):
+            store.send(make_event(3))
+    assert pg.execute("SELECT count(*) FROM {s}.events") == [(3,)]
+
+
+def test_writes_with_the_flush_under_the_head_lock(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the role may not call pg_logical_emit_message, commits flush under the head."""
+    monkeypatch.setattr(PostgresBackend, "flush_apart", False)
+    store = AuditStore(pg.url)
+    seqs = []
+    threads = [threading.Thread(target=lambda t=t: seqs.extend(
+        store.send(make_event(t * 10 + i)) for i in range(10))) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seqs) == list(range(1, 41)) and store.verify().ok  # type: ignore[type-var]
+    store.close()
+
+
+def test_an_application_role_without_superuser_rights(pg: PgSchema) -> None:
+    """The store's role needs CREATE on the database (or an existing schema it owns); a
+    role that only writes inside its transactions needs USAGE on the schema, INSERT on
+    pending's record and SELECT on its id and xid (what the INSERT returns)."""
+    role, writer = f"{pg.schema}_app", f"{pg.schema}_web"
+    pg.execute(f"CREATE ROLE {role} LOGIN")
+    pg.execute(f"CREATE ROLE {writer} LOGIN")
+    try:
+        pg.execute(f"GRANT CREATE ON DATABASE audit_tests TO {role}")
+        url = pg.url.replace("postgres@", f"{role}@")
+        store = AuditStore(url)
+        configure(store)
+        store.send(make_event(0))
+        pg.execute(f"GRANT USAGE ON SCHEMA {{s}} TO {writer}")
+        pg.execute(f"GRANT INSERT (record), SELECT (id, xid) ON {{s}}.pending TO {writer}")
+        with psycopg.connect(pg.dsn.replace("postgres@", f"{writer}@")) as conn:
+            with store.in_transaction(conn):
+                emit(make_event(1))
+            conn.commit()
+        wait_for(lambda: store.count() == 2)
+        assert store.verify().ok
+        configure()
+        store.close()
+    finally:
+        pg.execute(f'DROP SCHEMA IF EXISTS "{pg.schema}" CASCADE')
+        pg.execute(f"REVOKE ALL ON DATABASE audit_tests FROM {role}")
+        pg.execute(f"DROP ROLE {role}")
+        pg.execute(f"DROP ROLE {writer}")

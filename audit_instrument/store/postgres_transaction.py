@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _stats, signals
 from .._json import canonical_json
-from ..errors import AuditConfigError, DeliveryError
+from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent
 from .chain import Linker, Seal
 
@@ -273,6 +273,8 @@ class Transactions:
             raise AuditConfigError(
                 "in_transaction() blocks of different stores or connections cannot be nested"
             )
+        if self._closed:
+            raise AuditError(f"{self._where}: the store is closed")
         insert = caller_insert(conn)
         store = self._store_ref()
         assert store is not None  # the caller holds it
