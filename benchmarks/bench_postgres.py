@@ -12,7 +12,9 @@ server's defaults otherwise) on 127.0.0.1, and measures in one run:
      locked for the insert-and-advance only, the WAL flush waited for
      after releasing it;
    - the same with the flush waited for under the head lock (a plain
-     synchronous ``COMMIT``), to show what waiting apart buys;
+     synchronous ``COMMIT``), to show what waiting apart buys — again with
+     a slower flush (``commit_delay`` = 1 ms before each WAL flush, as a
+     slower disk or a synchronous standby adds), where it matters most;
    - a naive writer keeping the same chain in the store's own tables: per
      event ``BEGIN``, lock the head (``SELECT … FOR UPDATE``), ``INSERT`` the
      row and its target, advance the head, ``COMMIT`` (the server's
@@ -327,6 +329,36 @@ def bench_writes(cluster: Cluster, tmp: Path, rounds: int) -> None:
           "microseconds a second to share among writers and server)")
 
 
+def bench_slow_flush(cluster: Cluster, rounds: int) -> None:
+    """The store against itself with the flush under the head, on a slower flush."""
+    cluster.execute("ALTER SYSTEM SET commit_delay = 1000")  # 1 ms before each WAL flush
+    cluster.execute("ALTER SYSTEM SET commit_siblings = 0")
+    cluster.execute("SELECT pg_reload_conf()")
+    names = ["pg store", "pg store, flush under lock"]
+    figures: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for round_ in range(rounds + 1):
+            for variant in names[round_ % 2:] + names[:round_ % 2]:
+                schema = f"slow{round_}_{names.index(variant)}"
+                url = cluster.url(schema=schema)
+                AuditStore(url).close()
+                rate = _run_variant(variant, url, schema, round_ * 10_000_000)[0]
+                if round_:
+                    figures[variant].append(rate)
+                cluster.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        cluster.execute("ALTER SYSTEM RESET commit_delay")
+        cluster.execute("ALTER SYSTEM RESET commit_siblings")
+        cluster.execute("SELECT pg_reload_conf()")
+    ratios = [a / b for a, b in zip(figures[names[0]], figures[names[1]])]
+    print(f"\nthe same with a slower flush (commit_delay = 1 ms before each WAL flush, as a "
+          f"slower disk or a synchronous standby would add); {rounds} rounds (+1 warm-up)")
+    for variant in names:
+        print(f"{variant:28s} {statistics.median(figures[variant]):9,.0f} events/s")
+    print(f"flush waited for after the head is released: {statistics.median(ratios):.2f}x "
+          f"the flush under the head ({min(ratios):.2f}-{max(ratios):.2f}x)")
+
+
 # -- 2. queries and verify on a large store -------------------------------------------------
 
 
@@ -500,6 +532,7 @@ def main() -> None:
               f"{sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
         if "writes" not in args.skip:
             bench_writes(cluster, tmp, args.rounds)
+            bench_slow_flush(cluster, args.rounds)
         if "large" not in args.skip:
             bench_large(cluster, tmp, args.rows)
         if "transactions" not in args.skip:

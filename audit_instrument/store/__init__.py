@@ -29,9 +29,10 @@ whose idempotency key is already stored is not stored twice.
 The package: :mod:`.chain` (canonical JSON, hashes, keys), :mod:`.checkpoint`,
 :mod:`.verify` (the walk), :mod:`.query` (filters, pages, cursors),
 :mod:`.backend` (the seam a database implements), :mod:`.sqlite` and
-:mod:`.sqlite_schema` (the SQLite backend), :mod:`.postgres`, :mod:`.postgres_schema`,
-:mod:`.postgres_url` and :mod:`.postgres_transaction` (the PostgreSQL backend and writes
-inside callers' transactions), :mod:`.audit_store` (the front).
+:mod:`.sqlite_schema` (the SQLite backend), the ``postgres*`` modules (the PostgreSQL
+backend: :mod:`.postgres`, its URL, connections, schema, SQL and verify snapshot, and
+:mod:`.postgres_transaction` for writes inside callers' transactions), :mod:`.audit_store`
+(the front).
 
 >>> from audit_instrument import configure
 >>> store = AuditStore("audit.db")                      # doctest: +SKIP

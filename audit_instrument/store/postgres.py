@@ -7,7 +7,7 @@ gaps, however many writers there are. The lock is held only for the
 insert-and-advance: the head, the stored idempotency keys among the new
 rows, one statement writing the rows, their targets and the new head, and
 a ``COMMIT`` that does not wait for the disk — the flush is waited for after
-the lock is released (see :meth:`PostgresBackend._flush`). Within a process
+the lock is released (see :meth:`PostgresBackend._holding_head`). Within a process
 the front's group commit makes the threads share each transaction.
 
 A writing store holds one connection (plus one for queries and ``verify``,
@@ -26,40 +26,37 @@ the head.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import AuditConfigError, AuditError
-from .backend import NewRow, Row, StoredRow, TargetRow
-from .chain import Linker, Seal, record_targets
-from .postgres_schema import (
-    APPLICATION,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    create_statements,
-    schema_problems,
+from .backend import NewRow, StoredRow
+from .chain import Linker, Seal
+from .postgres_connect import (
+    Connection,
+    can_flush_apart,
+    first_line,
+    lost,
+    open_connection,
+    prepare,
+    store_version,
 )
+from .postgres_schema import SCHEMA_VERSION, schema_problems
+from .postgres_snapshot import Snapshot
+from .postgres_sql import Statements, row_from_record, select
 from .postgres_url import StoreURL, parse_store_url
 from .query import Filters
 
 __all__ = ["PostgresBackend", "row_from_record"]
 
 T = TypeVar("T")
-Connection = psycopg.Connection[Any]
 
 _CHAIN_BATCH = 1000  # pending rows chained per transaction
-_FETCH = 10_000  # rows per round trip of verify's cursors
-# SQLSTATE classes and codes after which the connection is gone or the server restarting.
-_LOST_CLASSES = ("08",)
-_LOST_CODES = frozenset({"57P01", "57P02", "57P03"})
 
 # Connections a forked child inherited: closing one would end the parent's session
 # (libpq tells the server goodbye), so the child keeps them, unused, until it exits.
@@ -71,100 +68,6 @@ _IDLE = psycopg.pq.TransactionStatus.IDLE
 
 class _DuplicateError(Exception):
     """A row's idempotency key was stored already: roll back and look the keys up first."""
-
-
-def row_from_record(record: str) -> NewRow:
-    """The row for an event's stored record text (its canonical JSON)."""
-    data = json.loads(record)
-    return NewRow(
-        occurred_at=data["occurred_at"], action=data["action"], actor_id=data["actor_id"],
-        target_id=data["target_id"], group=data["group"],
-        idempotency_key=data["idempotency_key"], record=record, targets=record_targets(data),
-    )
-
-
-class _SQL:
-    """The statements of one store, with its schema name in them."""
-
-    def __init__(self, schema: str) -> None:
-        s = f'"{schema}"'
-        self.schema = schema
-        self.head = f"SELECT seq, hash FROM {s}.chain WHERE id = 1"
-        # The head, locked for the transaction (see PostgresBackend._holding_head).
-        lock = (
-            "SELECT c.seq, c.hash, s.keyed_from, s.key_id, s.head_mac{} "
-            f"FROM {s}.chain c LEFT JOIN {s}.chain_seal s ON s.id = 1 WHERE c.id = 1 "
-            "FOR UPDATE OF c"
-        )
-        self.lock_head = "BEGIN; " + lock.format(
-            ", set_config('synchronous_commit', 'off', true)")
-        self.lock_head_flushed = "BEGIN; " + lock.format("")
-        self.flush = "SELECT pg_logical_emit_message(true, 'audit_instrument', 'flush')"
-        self.commit_and_flush = "COMMIT; " + self.flush
-        self.seal = f"SELECT keyed_from, key_id, head_mac FROM {s}.chain_seal WHERE id = 1"
-        self.insert_seal = (
-            f"INSERT INTO {s}.chain_seal (id, keyed_from, key_id, head_mac) VALUES (1, %s, %s, %s)"
-        )
-        self.existing = (
-            f"SELECT idempotency_key, seq FROM {s}.events WHERE idempotency_key = ANY(%s)"
-        )
-        # The rows, their target entries and the new head: one statement, which
-        # answers how many rows it inserted (fewer: an idempotency key is stored).
-        events = (
-            f'INSERT INTO {s}.events (seq, occurred_at, action, actor_id, target_id, "group", '
-            "idempotency_key, record, hash) SELECT * FROM unnest(%s::bigint[], %s::text[], "
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
-            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1"
-        )
-        targets = (
-            f"INSERT INTO {s}.event_targets (target_id, occurred_at, seq) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
-        )
-        head = f"UPDATE {s}.chain SET seq = %s, hash = %s WHERE id = 1"
-        self.write = (
-            f"WITH e AS ({events}), t AS ({targets}), h AS ({head}) SELECT count(*) FROM e"
-        )
-        self.write_keyed = (
-            f"WITH e AS ({events}), t AS ({targets}), "
-            f"m AS (UPDATE {s}.chain_seal SET head_mac = %s WHERE id = 1), "
-            f"h AS ({head}) SELECT count(*) FROM e"
-        )
-        self.rows = (
-            f'SELECT seq, occurred_at, action, actor_id, target_id, "group", '
-            f"idempotency_key, record, hash FROM {s}.events ORDER BY seq"
-        )
-        self.targets = f"SELECT seq, target_id, occurred_at FROM {s}.event_targets"
-        # pending rows: written in callers' transactions, chained afterwards
-        self.insert_pending = (
-            f"INSERT INTO {s}.pending (record) VALUES (%s) RETURNING id, xid::text"
-        )
-        self.take_pending = (
-            f"DELETE FROM {s}.pending WHERE id IN "
-            f"(SELECT id FROM {s}.pending ORDER BY id LIMIT %s) RETURNING id, record"
-        )
-        self.any_pending = f"SELECT EXISTS (SELECT 1 FROM {s}.pending)"
-        self.count_pending = f"SELECT count(*) FROM {s}.pending"
-        self.still_pending = f"SELECT id FROM {s}.pending WHERE id = ANY(%s)"
-        self.stored_keys = (
-            f"SELECT idempotency_key FROM {s}.events WHERE idempotency_key = ANY(%s)"
-        )
-        # A transaction counts as ended once its outcome is in the commit log *and*
-        # it has left the snapshot: only then does every later statement see its rows.
-        self.outcomes = (
-            "SELECT x::text, pg_xact_status(x), "
-            "pg_visible_in_snapshot(x, pg_current_snapshot()) "
-            "FROM unnest(%s::xid8[]) AS x"
-        )
-
-
-def _lock_id(schema: str) -> int:
-    """The advisory lock that makes creating or migrating ``schema`` one writer's job."""
-    digest = hashlib.sha256(f"{APPLICATION}:{schema}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class PostgresBackend:
@@ -200,7 +103,7 @@ class PostgresBackend:
         self.readonly = readonly
         self._synchronous = synchronous
         self._timeout = timeout
-        self._sql = _SQL(self.schema)
+        self._sql = Statements(self.schema)
         self._flush_apart = self.flush_apart
         self._mutexes()
         self._down_since: float | None = None
@@ -213,7 +116,9 @@ class PostgresBackend:
                 f"{self.location}: cannot connect to PostgreSQL ({self._scrub(error)})"
             ) from None
         try:
-            self._prepare(conn)
+            prepare(conn, self.schema, self.location, readonly=readonly, scrub=self._url.scrub)
+            if self._flush_apart and not readonly:
+                self._flush_apart = can_flush_apart(conn)
         except BaseException:
             conn.close()
             raise
@@ -227,122 +132,13 @@ class PostgresBackend:
         self._read_mutex = threading.Lock()
 
     def _scrub(self, error: BaseException) -> str:
-        return self._url.scrub(_first_line(error))
+        return self._url.scrub(first_line(error))
 
     # -- connecting ---------------------------------------------------------
 
     def _open(self) -> Connection:
-        given = conninfo_to_dict(self._url.conninfo)
-        options: dict[str, Any] = {"autocommit": True}
-        if "connect_timeout" not in given:
-            options["connect_timeout"] = max(2, round(self._timeout))
-        if "application_name" not in given:
-            options["application_name"] = APPLICATION
-        conn = psycopg.connect(self._url.conninfo, **options)
-        try:
-            settings = {"lock_timeout": f"{round(self._timeout * 1000)}ms"}
-            if self.readonly:
-                settings["default_transaction_read_only"] = "on"
-            else:
-                # A writer stopped while holding the head (SIGSTOP, a debugger) is cut
-                # off by the server, so the others can go on.
-                settings["idle_in_transaction_session_timeout"] = (
-                    f"{round(max(self._timeout, 1.0) * 1000)}ms"
-                )
-                if self._synchronous == "FULL":
-                    settings["synchronous_commit"] = "on"
-            conn.execute(
-                "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in settings),
-                [item for pair in settings.items() for item in pair],
-            )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _prepare(self, conn: Connection) -> None:
-        """Check the schema holds an audit store of a known version; create it if missing."""
-        if self.readonly:
-            version = self._version(conn)
-            if version is None:
-                raise AuditConfigError(
-                    f"{self.location}: no audit store in schema {self.schema} (nothing has "
-                    "been stored there yet)"
-                )
-        else:
-            try:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(self.schema),))
-                    version = self._version(conn)
-                    if version is None:
-                        for statement in create_statements(self.schema):
-                            if statement.startswith("CREATE SCHEMA") and self._schema_exists(conn):
-                                continue
-                            conn.execute(statement)
-                        version = SCHEMA_VERSION
-                    elif version < SCHEMA_VERSION:
-                        for old in range(version, SCHEMA_VERSION):
-                            for statement in MIGRATIONS[old]:
-                                conn.execute(statement)
-                        conn.execute(
-                            f'UPDATE "{self.schema}".store_meta SET version = %s WHERE id = 1',
-                            (SCHEMA_VERSION,),
-                        )
-                        version = SCHEMA_VERSION
-            except psycopg.Error as error:
-                raise AuditConfigError(
-                    f"{self.location}: cannot create the audit store in schema {self.schema} "
-                    f"({self._scrub(error)})"
-                ) from None
-            if self._flush_apart:  # see _holding_head
-                row = conn.execute(
-                    "SELECT has_function_privilege("
-                    "'pg_logical_emit_message(boolean, text, text)', 'EXECUTE')"
-                ).fetchone()
-                self._flush_apart = bool(row and row[0])
-        if version > SCHEMA_VERSION:
-            raise AuditConfigError(
-                f"{self.location}: written by a newer audit_instrument (schema {version}); upgrade"
-            )
-
-    def _schema_exists(self, conn: Connection) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
-        ).fetchone()
-        return row is not None
-
-    def _version(self, conn: Connection) -> int | None:
-        """The store's schema version; ``None`` if there is none yet; raise if foreign."""
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL, (SELECT count(*) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s)",
-            (f'"{self.schema}".store_meta', self.schema),
-        ).fetchone()
-        assert row is not None
-        has_meta, relations = row
-        if not has_meta:
-            if relations:
-                raise AuditConfigError(
-                    f"{self.location}: schema {self.schema} holds other tables, not an audit "
-                    "store (choose another schema=)"
-                )
-            return None
-        meta = conn.execute(
-            f'SELECT application, version FROM "{self.schema}".store_meta WHERE id = 1'
-        ).fetchone()
-        if meta is None or meta[0] != APPLICATION:
-            raise AuditConfigError(
-                f"{self.location}: schema {self.schema} is not an audit store "
-                "(its store_meta names another application)"
-            )
-        return int(meta[1])
-
-    def _lost(self, error: psycopg.Error, conn: Connection | None) -> bool:
-        """Whether ``error`` means the connection (or the server) went away."""
-        if conn is None or conn.closed or conn.broken:
-            return True
-        code = error.sqlstate or ""
-        return code[:2] in _LOST_CLASSES or code in _LOST_CODES
+        return open_connection(self._url, timeout=self._timeout, readonly=self.readonly,
+                               synchronous=self._synchronous)
 
     def _drop(self, conn: Connection | None) -> None:
         if conn is not None:
@@ -377,7 +173,7 @@ class PostgresBackend:
                         self._conn = conn = self._open()
                     result = work(conn, retried)
                 except psycopg.Error as error:
-                    if not self._lost(error, conn):
+                    if not lost(error, conn):
                         raise
                     self._drop(conn)
                     self._conn = None
@@ -641,11 +437,11 @@ class PostgresBackend:
                     conn = self._read_conn()
                     return fn(conn)
                 except psycopg.Error as error:
-                    lost = self._lost(error, conn)
-                    if lost:
+                    gone = lost(error, conn)
+                    if gone:
                         self._drop(conn)
                         self._reader = None
-                    if not (lost and attempt == 1):
+                    if not (gone and attempt == 1):
                         raise self._read_error(error) from None
             raise AssertionError("unreachable")
 
@@ -658,40 +454,10 @@ class PostgresBackend:
             raise self._missing_head()
         return int(row[0]), str(row[1])
 
-    def _select(self, what: str, filters: Filters) -> tuple[str, list[object], str]:
-        """SQL from ``SELECT what`` to the WHERE clause, its parameters, and the order key."""
-        s = f'"{self.schema}"'
-        params: list[object] = []
-        clauses: list[str] = []
-        if filters.target is not None:
-            sql = f"SELECT {what} FROM {s}.event_targets t JOIN {s}.events e ON e.seq = t.seq"
-            clauses.append("t.target_id = %s")
-            params.append(filters.target)
-            order = "t"
-        else:
-            sql = f"SELECT {what} FROM {s}.events e"
-            order = "e"
-        for column, value in (
-            ("e.actor_id", filters.actor),
-            ("e.action", filters.action),
-            ('e."group"', filters.group),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if filters.since is not None:
-            clauses.append(f"{order}.occurred_at >= %s")
-            params.append(filters.since)
-        if filters.until is not None:
-            clauses.append(f"{order}.occurred_at < %s")
-            params.append(filters.until)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        return sql + where, params, order
-
     def page(
         self, filters: Filters, limit: int, after: tuple[str, int] | None
     ) -> list[StoredRow]:
-        sql, params, t = self._select("e.occurred_at, e.seq, e.record, e.hash", filters)
+        sql, params, t = select(self.schema, "e.occurred_at, e.seq, e.record, e.hash", filters)
         if after is not None:
             sql += (" AND " if params else " WHERE ") + f"({t}.occurred_at, {t}.seq) < (%s, %s)"
             params.extend(after)
@@ -701,12 +467,12 @@ class PostgresBackend:
         return [(str(a), int(b), str(c), str(d)) for a, b, c, d in found]
 
     def count(self, filters: Filters) -> int:
-        sql, params, _ = self._select("count(*)", filters)
+        sql, params, _ = select(self.schema, "count(*)", filters)
         row = self._read(lambda conn: conn.execute(sql, params).fetchone())
         return int(row[0]) if row else 0
 
     @contextmanager
-    def snapshot(self) -> Iterator[_Snapshot]:
+    def snapshot(self) -> Iterator[Snapshot]:
         with self._read_mutex:
             conn = self._reader
             try:
@@ -714,20 +480,21 @@ class PostgresBackend:
                 # one snapshot for the whole walk, whatever commits meanwhile
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    snapshot = _Snapshot(conn, self._sql)
+                    snapshot = Snapshot(conn, self._sql)
                     try:
                         yield snapshot
                     finally:
                         snapshot.close()
             except psycopg.Error as error:
-                if self._lost(error, conn):
+                if lost(error, conn):
                     self._drop(conn)
                     self._reader = None
                 raise self._read_error(error) from None
 
     def check(self) -> list[str]:
         def run(conn: Connection) -> tuple[list[str], int | None]:
-            return schema_problems(conn.cursor(), self.schema), self._version(conn)
+            problems = schema_problems(conn.cursor(), self.schema)
+            return problems, store_version(conn, self.schema, self.location)
 
         problems, version = self._read(run)
         if problems:
@@ -753,47 +520,3 @@ class PostgresBackend:
             self._drop(self._conn)
             self._drop(self._reader)
             self._conn = self._reader = None
-
-
-class _Snapshot:
-    """What ``verify`` reads, inside one repeatable-read transaction."""
-
-    def __init__(self, conn: Connection, sql: _SQL) -> None:
-        self._conn = conn
-        self._sql = sql
-        self._streams: list[Generator[Any, None, None]] = []
-
-    def head(self) -> tuple[int, str] | None:
-        row = self._conn.execute(self._sql.head).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
-
-    def seal(self) -> Seal | None:
-        row = self._conn.execute(self._sql.seal).fetchone()
-        return None if row is None else Seal(int(row[0]), str(row[1]), str(row[2]))
-
-    def _stream(self, name: str, sql: str) -> Generator[Any, None, None]:
-        stream = self._cursor_rows(name, sql)
-        self._streams.append(stream)
-        return stream
-
-    def _cursor_rows(self, name: str, sql: str) -> Generator[Any, None, None]:
-        with self._conn.cursor(name=name) as cursor:
-            cursor.itersize = _FETCH
-            cursor.execute(sql)
-            yield from cursor
-
-    def close(self) -> None:
-        """Close the cursors of a walk that stopped early, inside the transaction."""
-        for stream in self._streams:
-            stream.close()
-
-    def rows(self) -> Iterator[Row]:
-        return self._stream("audit_verify_rows", self._sql.rows)
-
-    def targets(self, *, ordered: bool) -> Iterator[TargetRow] | None:
-        order = " ORDER BY seq, target_id" if ordered else ""
-        return self._stream(f"audit_verify_targets_{int(ordered)}", self._sql.targets + order)
-
-    def pending(self) -> int:
-        row = self._conn.execute(self._sql.count_pending).fetchone()
-        return int(row[0]) if row else 0
