@@ -23,6 +23,9 @@ raises: the failure is counted and logged once per cause.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from blinker import NamedSignal, Namespace
@@ -32,6 +35,7 @@ from .event import AuditEvent
 
 __all__ = [
     "dispatch",
+    "divert",
     "emit",
     "event_delivered",
     "event_dropped",
@@ -146,14 +150,42 @@ def emit(event: AuditEvent) -> None:
     if not isinstance(event, AuditEvent):
         raise TypeError(f"emit() takes an AuditEvent, not {type(event).__name__}")
     stats.count_emitted()
-    dispatch(event_emitted, event)
+    diverted = _diverted.get()
+    if diverted is None:
+        dispatch(event_emitted, event)
+    else:
+        diverted(event)
 
 
 def emit_built(event: AuditEvent) -> None:
     """:func:`emit` for an event instrumentation just built (counted as built too)."""
     stats.count_built()
     stats.count_emitted()
-    dispatch(event_emitted, event)
+    diverted = _diverted.get()
+    if diverted is None:
+        dispatch(event_emitted, event)
+    else:
+        diverted(event)
+
+
+_diverted: ContextVar[Callable[[AuditEvent], None] | None] = ContextVar(
+    "audit_instrument_diverted", default=None
+)
+
+
+@contextmanager
+def divert(take: Callable[[AuditEvent], None]) -> Iterator[None]:
+    """Inside the block, events emitted in this context go to ``take`` instead of the senders.
+
+    ``take`` decides when (and whether) they reach :data:`event_emitted`: the
+    PostgreSQL store's ``in_transaction`` writes them in the caller's
+    transaction and hands them to the other senders once it has committed.
+    """
+    token = _diverted.set(take)
+    try:
+        yield
+    finally:
+        _diverted.reset(token)
 
 
 # -- the return path: what senders and engines report ------------------------------------------

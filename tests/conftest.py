@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.postgres import pg, postgres_cluster  # noqa: F401  (fixtures: a PostgreSQL server)
 from support.workos import API_KEY, FAST, ServerProcess
 from support.workos_server import WorkOSServer
 

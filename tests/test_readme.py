@@ -15,7 +15,7 @@ def test_the_one_screen_example_records_two_events(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     [(_, code)] = python_blocks("README.md", section="In one screen")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 - our README
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     configure()
     with AuditStore(tmp_path / "audit.db", readonly=True) as store:
         update, login = sorted(store.query().events, key=lambda e: e.action)

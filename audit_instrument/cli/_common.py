@@ -1,4 +1,9 @@
-"""What every subcommand shares: the parser class, errors, store opening, time filters."""
+"""What every subcommand shares: the parser class, errors, store opening, time filters.
+
+A store is named by a file path or a ``postgresql://`` URL; without one, the
+``AUDIT_DB`` environment variable names it, else ``audit.db``. A URL is
+shown without its password.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ if TYPE_CHECKING:
     from ..store import AuditStore
 
 __all__ = [
+    "DB_ENV",
     "DEFAULT_DB",
     "CommandError",
     "Commands",
@@ -30,6 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_DB = "audit.db"
+DB_ENV = "AUDIT_DB"
 
 _AGE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -59,8 +66,8 @@ else:
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
     """The optional positional ``DB`` argument of the store commands."""
     parser.add_argument(
-        "db", nargs="?", default=DEFAULT_DB, metavar="DB",
-        help=f"store file (default {DEFAULT_DB})",
+        "db", nargs="?", default=os.environ.get(DB_ENV) or DEFAULT_DB, metavar="DB",
+        help=f"store file or postgresql:// URL (default: ${DB_ENV} if set, else {DEFAULT_DB})",
     )
 
 
@@ -135,7 +142,14 @@ def open_store(
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """A file name as printed in output lines."""
+    """A file name or store URL as printed in output lines (a URL without its password)."""
+    from ..store.postgres_url import is_postgres_url, parse_store_url
+
+    if is_postgres_url(path):
+        try:
+            return printable(parse_store_url(str(path)).shown)
+        except AuditConfigError:
+            return "(a malformed PostgreSQL URL)"
     return printable(os.fsdecode(path))
 
 

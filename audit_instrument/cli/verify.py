@@ -21,9 +21,9 @@ def register(commands: Commands) -> None:
         "verify",
         help="check the file and the hash chain of an audit store",
         description=(
-            "Run SQLite's integrity check and the schema check, then walk every row of "
-            "the store and check its hash chain. Exit status 0 if intact, 1 naming the "
-            "first problem (a row edited, deleted or moved, a damaged file, a dropped "
+            "Run the database's checks (SQLite's integrity check; the schema), then walk "
+            "every row of the store and check its hash chain. Exit status 0 if intact, 1 "
+            "naming the first problem (a row edited, deleted or moved, a damaged file, a dropped "
             "index). A keyed store needs its key (AUDIT_STORE_KEY or --key-file)."
         ),
     )
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if result.ok:
         keyed = ", keyed chain" if result.keyed else ""
         checked = ", matches the checkpoint" if args.against else ""
-        print(f"{name}: intact, {result.rows} rows{keyed}{checked} (head {head.hash[:12]})")
+        pending = f", {result.pending} pending (not chained yet)" if result.pending else ""
+        print(f"{name}: intact, {result.rows} rows{keyed}{checked}{pending} "
+              f"(head {head.hash[:12]})")
         return 0
     print(f"{name}: NOT intact: {result}", file=sys.stderr)
     return 1

@@ -1,4 +1,6 @@
-"""The local audit store: hash-chained events in one SQLite file, the embedded system of record.
+"""The audit store: hash-chained events in one SQLite file (the embedded system of record),
+or in a PostgreSQL schema that every host writes to (``AuditStore("postgresql://…")``, see
+``docs/postgres.md``).
 
 :class:`AuditStore` is a sender (``configure(AuditStore("audit.db"))``) for
 teams without a WorkOS account and for development. Every event becomes one
@@ -27,7 +29,10 @@ whose idempotency key is already stored is not stored twice.
 The package: :mod:`.chain` (canonical JSON, hashes, keys), :mod:`.checkpoint`,
 :mod:`.verify` (the walk), :mod:`.query` (filters, pages, cursors),
 :mod:`.backend` (the seam a database implements), :mod:`.sqlite` and
-:mod:`.sqlite_schema` (the SQLite backend), :mod:`.audit_store` (the front).
+:mod:`.sqlite_schema` (the SQLite backend), the ``postgres*`` modules (the PostgreSQL
+backend: :mod:`.postgres`, its URL, connections, schema, SQL and verify snapshot, and
+:mod:`.postgres_transaction` for writes inside callers' transactions), :mod:`.audit_store`
+(the front).
 
 >>> from audit_instrument import configure
 >>> store = AuditStore("audit.db")                      # doctest: +SKIP

@@ -1,8 +1,8 @@
 """:class:`AuditStore`: the store as a sender — group-committed writes, queries, verify.
 
 The front speaks to its database only through the
-:class:`~audit_instrument.store.backend.Backend` seam; today that is one
-SQLite file.
+:class:`~audit_instrument.store.backend.Backend` seam: one SQLite file for a
+path, a PostgreSQL schema for a ``postgresql://`` URL.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,8 @@ from ..event import AuditEvent, format_timestamp
 from .backend import Backend, NewRow
 from .chain import ChainHead, ChainKey, Linker, Seal, head_text, record_targets, resolve_key
 from .checkpoint import Checkpoint
+from .postgres_transaction import Transactions, current_scope
+from .postgres_url import is_postgres_url
 from .query import Page, StoredEvent, check_limit, decode_cursor, encode_cursor, make_filters
 from .sqlite import SQLiteBackend
 from .verify import Verification, walk
@@ -63,9 +66,14 @@ def _new_row(event: AuditEvent) -> NewRow:
 
 
 class AuditStore:
-    """The local audit store: a sender writing hash-chained events to SQLite.
+    """The audit store: a sender writing hash-chained events to SQLite or PostgreSQL.
 
-    ``path`` is created (mode 0600, WAL journal) if missing. ``readonly=True``
+    ``path`` is a file, created (mode 0600, WAL journal) if missing, or a
+    ``postgresql://`` (``postgres://``) URL: then the store lives in the
+    PostgreSQL schema ``schema`` (default ``audit``, or the URL's
+    ``schema=``), made on first use, and every process on every host may
+    write to it (see ``docs/postgres.md``; needs ``audit_instrument[postgres]``).
+    ``readonly=True``
     opens an existing store for queries and :meth:`verify` only.
     ``synchronous="FULL"`` also survives power loss (an fsync per commit);
     the default ``"NORMAL"`` survives a crash of the process, the WAL
@@ -74,7 +82,8 @@ class AuditStore:
     HMAC-SHA256, so rewriting it needs the key; the key is never written to
     the file or shown. A file that is not an audit store, is damaged, cannot
     be written, or is keyed with another key raises
-    :class:`~audit_instrument.AuditConfigError` here.
+    :class:`~audit_instrument.AuditConfigError` here; so does a server that
+    cannot be reached.
 
     >>> from audit_instrument import configure
     >>> store = AuditStore("audit.db")            # doctest: +SKIP
@@ -91,17 +100,33 @@ class AuditStore:
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         timeout: float = 10.0,
         key: str | bytes | ChainKey | None = None,
+        schema: str | None = None,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise AuditConfigError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
-        self.path = Path(path)
         self.readonly = readonly
         self._key = resolve_key(key)
         self._closed = False
         self._locks()
-        self._backend: Backend = SQLiteBackend(
-            self.path, readonly=readonly, synchronous=synchronous, timeout=timeout
-        )
+        self._transactions: Transactions | None = None
+        self.path: Path | None = None
+        self.url: str | None = None  # without its password
+        if is_postgres_url(path):
+            from .postgres import PostgresBackend  # the driver is imported only when needed
+
+            postgres = PostgresBackend(
+                str(path), schema=schema, readonly=readonly, synchronous=synchronous,
+                timeout=timeout,
+            )
+            self._backend: Backend = postgres
+            self.url = postgres.location
+        else:
+            if schema is not None:
+                raise AuditConfigError("schema= is for PostgreSQL stores (a postgresql:// URL)")
+            self.path = Path(path)
+            self._backend = SQLiteBackend(
+                self.path, readonly=readonly, synchronous=synchronous, timeout=timeout
+            )
         self._where = self._backend.location
         try:
             if not readonly:
@@ -112,6 +137,8 @@ class AuditStore:
         self._commits: GroupCommit[_Pending] = GroupCommit(
             self._write, name=f"audit store {self._where}"
         )
+        if self.url is not None and not readonly:
+            self._transactions = Transactions(self, postgres)
         _stores.add(self)
 
     def _locks(self) -> None:
@@ -155,6 +182,8 @@ class AuditStore:
         self._commits.after_fork()
         if not self._closed:
             self._backend.after_fork(idle=idle)
+            if self._transactions is not None:
+                self._transactions.after_fork()
 
     # -- writing -------------------------------------------------------------
 
@@ -162,7 +191,9 @@ class AuditStore:
         """Store ``event``; return its row number once it is committed.
 
         Returns ``None`` when an event with the same idempotency key is
-        already stored (it is not stored twice). Raises
+        already stored (it is not stored twice), and inside an
+        :meth:`in_transaction` block, where the event is written in the
+        caller's transaction and chained once that commits. Raises
         :class:`~audit_instrument.DeliveryError` (and reports
         ``signals.event_failed``) when the write fails; nothing of the
         failed transaction is kept, and other threads' events sent at the
@@ -170,6 +201,9 @@ class AuditStore:
         """
         if self.readonly:
             raise AuditConfigError(f"{self._where}: opened read-only; cannot store events")
+        scope = current_scope()
+        if scope is not None and scope.store is self:
+            return scope.send(event)  # in_transaction: in the caller's transaction (or done)
         self._check_process()
         with self._gate:
             if self._closed:
@@ -198,6 +232,32 @@ class AuditStore:
             seqs = self._backend.append([item.row for item in items], self._linker)
         for item, seq in zip(items, seqs, strict=True):
             item.seq = seq
+
+    def in_transaction(self, conn: object) -> AbstractContextManager[None]:
+        """Write the events of the block in ``conn``'s open transaction (PostgreSQL stores).
+
+        Every event this store receives inside the block (``@audit`` calls,
+        ``with audit(...)``, ``emit``, ``send``) is written through ``conn``
+        — a psycopg ``Connection``, a SQLAlchemy ``Connection`` or
+        ``Session``, or Django's ``connection`` — so it commits or rolls back
+        with the caller's own changes. Concurrent transactions don't wait
+        for each other: the rows are chained once their transaction has
+        committed, by this or any other store on the database, and only then
+        do the other senders get the events (none of a rolled-back one).
+        Raises :class:`~audit_instrument.DeliveryError` at the end of the
+        block if an event could not be written (the transaction should then
+        be rolled back). See ``docs/postgres.md``.
+
+        >>> with psycopg.connect(url) as conn, store.in_transaction(conn):   # doctest: +SKIP
+        ...     conn.execute("UPDATE tweets SET body = %s WHERE id = %s", (body, 5))
+        ...     update_tweet(5, body)   # its audit event commits with the UPDATE
+        """
+        if self._transactions is None:
+            kind = "opened read-only" if self.readonly else "a SQLite store"
+            raise AuditConfigError(
+                f"{self._where}: in_transaction() needs a writable PostgreSQL store ({kind})"
+            )
+        return self._transactions.block(conn)
 
     def _failed(self, event: AuditEvent, error: Exception | None) -> NoReturn:
         failure = DeliveryError(
@@ -356,6 +416,8 @@ class AuditStore:
             while self._active:
                 self._gate.wait()
         self._commits.close()
+        if self._transactions is not None:
+            self._transactions.close()
         with self._write_lock, self._read_lock:
             self._backend.close()
         _stores.discard(self)
@@ -373,6 +435,8 @@ class AuditStore:
 
     def __repr__(self) -> str:
         mode = " readonly" if self.readonly else ""
+        if self.url is not None:
+            return f"<AuditStore url={self.url!r}{mode}>"
         return f"<AuditStore path={str(self.path)!r}{mode}>"
 
 

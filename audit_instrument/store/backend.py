@@ -2,8 +2,9 @@
 
 The store front (sending, group commit, queries, verify, checkpoints) speaks
 only to this protocol; :class:`~audit_instrument.store.sqlite.SQLiteBackend`
-implements it for one SQLite file. A backend for a server database
-implements the same methods over its own connections:
+implements it for one SQLite file,
+:class:`~audit_instrument.store.postgres.PostgresBackend` for a PostgreSQL
+schema, over its own connections:
 
 * :meth:`Backend.append` — one transaction that reads the chain head (under
   a lock, so concurrent writers take turns), inserts each row unless its
@@ -14,7 +15,8 @@ implements the same methods over its own connections:
   :class:`~audit_instrument.store.query.Filters`, newest first, keyset-paged
   by ``(occurred_at, seq)``; ``target`` matches any target of an event.
 * :meth:`Backend.snapshot` — one consistent read of everything ``verify``
-  walks, rows in chain order.
+  walks, rows in chain order, and how many committed events wait to be
+  chained (a PostgreSQL store's writes inside callers' transactions).
 * :meth:`Backend.check` — the database's own integrity and schema checks.
 * :meth:`Backend.after_fork` — in a forked child: drop the parent's
   connections, use fresh ones.
@@ -74,6 +76,10 @@ class Snapshot(Protocol):
 
     def targets(self, *, ordered: bool) -> Iterator[TargetRow] | None:
         """The target index (in ``seq`` order if ``ordered``), or ``None`` if there is none."""
+        ...
+
+    def pending(self) -> int:
+        """Committed events not chained yet (written in callers' transactions); 0 if none."""
         ...
 
 

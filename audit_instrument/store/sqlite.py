@@ -444,6 +444,9 @@ class _Snapshot:
             f"SELECT seq, target_id, occurred_at FROM event_targets{order}"
         ))
 
+    def pending(self) -> int:
+        return 0  # every write is chained as it commits
+
 
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[None]:

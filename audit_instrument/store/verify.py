@@ -9,6 +9,7 @@ schema) run before it, in :meth:`AuditStore.verify`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 from collections.abc import Callable, Iterator
@@ -36,13 +37,16 @@ class Verification:
     store is intact or the problem is not one row's (the file is damaged, an
     index was dropped, the key does not match). ``reason`` says what is
     wrong (empty when intact); ``rows`` is how many rows were checked and
-    found intact; ``keyed`` whether the chain is keyed (HMAC).
+    found intact; ``keyed`` whether the chain is keyed (HMAC). ``pending``
+    counts committed events not chained yet (a PostgreSQL store's writes
+    inside callers' transactions, chained within moments): not a problem.
     """
 
     rows: int
     bad_row: int | None = None
     reason: str = ""
     keyed: bool = False
+    pending: int = 0
 
     @property
     def ok(self) -> bool:
@@ -54,7 +58,8 @@ class Verification:
 
     def __str__(self) -> str:
         if self.ok:
-            return f"intact: {self.rows} rows"
+            waiting = f" ({self.pending} pending)" if self.pending else ""
+            return f"intact: {self.rows} rows{waiting}"
         if self.bad_row is None:
             return self.reason
         where = "chain head" if self.bad_row == 0 else f"row {self.bad_row}"
@@ -118,6 +123,19 @@ def walk(
     progress: Callable[[int], None] | None = None,
 ) -> Verification:
     """Check every row of ``snapshot``, its head, and ``against`` (see the module)."""
+    result = _walk(snapshot, key, where=where, against=against, progress=progress)
+    pending = snapshot.pending()
+    return dataclasses.replace(result, pending=pending) if pending else result
+
+
+def _walk(
+    snapshot: Snapshot,
+    key: ChainKey | None,
+    *,
+    where: str,
+    against: Checkpoint | None,
+    progress: Callable[[int], None] | None,
+) -> Verification:
     mismatch = _seal_mismatch(snapshot, key, where)
     if mismatch:
         return Verification(0, None, mismatch)

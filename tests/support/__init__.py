@@ -6,6 +6,7 @@
 - :mod:`support.workos` — the fake WorkOS server as a process, the API key, fast retries
 - :mod:`support.workos_server` — the fake WorkOS server itself (also a script)
 - :mod:`support.store` — fill an audit store, tamper with it behind its back
+- :mod:`support.postgres` — a throwaway PostgreSQL cluster, a schema per test
 
 Fixtures live in ``tests/conftest.py``.
 """
