@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 # Imported on first use: the engine pulls in httpx (~100 ms), which the store's
 # use of group_commit, and `import audit_instrument`, must not pay.
 _WHERE = {
-    "RETRYABLE_STATUSES": "retry", "Channel": "channel", "DeadLetter": "outbox", "DeliveryEngine": "engine",
+    "RETRYABLE_STATUSES": "retry", "Channel": "channel", "DeadLetter": "outbox",
+    "DeliveryEngine": "engine",
     "DeliveryHandle": "handle", "Destination": "http", "OutageGate": "outage",
     "Outbox": "outbox", "OutboxStatus": "outbox", "Pacer": "pacing", "RetryPolicy": "retry",
     "default_max_in_flight": "concurrency", "parse_retry_after": "retry", "route": "http",
