@@ -305,7 +305,7 @@ def test_exports_run_with_instrumentation_suppressed(
     assert seen == [True]
 
 
-# -- configuration ----------------------------------------------------------------------------------
+# -- configuration --------------------------------------------------------------------------------
 def test_no_exporter_means_otlp_http_as_the_environment_configures_it(
         receiver: OTLPReceiver, make_sender: Callable[..., OTelLogSender],
         monkeypatch: pytest.MonkeyPatch) -> None:

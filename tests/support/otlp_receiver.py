@@ -77,10 +77,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.receiver._closed(self.connection)
         super().finish()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         status = self.server.receiver._handle(self.path, self.headers, body)
         payload = _OK if status == 200 else b""
