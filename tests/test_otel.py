@@ -354,3 +354,17 @@ def test_importing_the_senders_does_not_import_opentelemetry() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=ROOT)
     assert done.stdout.strip() == "False"
+
+
+def test_the_example_of_docs_opentelemetry_runs_as_written(
+        receiver: OTLPReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from support.docs import python_blocks
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+    [(_, example)] = python_blocks("docs/opentelemetry.md")[:1]
+    exec(compile(example, "docs/opentelemetry.md", "exec"), {})
+    [record] = receiver.records
+    assert record.body == "invoice.update"
+    assert record.attributes["audit.target.name"] == "Invoice inv_1"
+    assert record.attributes["audit.actor.name"] == "ann@example.com"
+    assert record.attributes["audit.metadata.total"] == 12.5

@@ -255,3 +255,17 @@ def test_cli_mistakes_are_one_line(server: WorkOSServer, args: tuple[str, ...], 
     assert done.returncode == code
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert io.StringIO(done.stdout).read() == ""
+
+
+def test_the_exports_example_of_docs_workos_runs_as_written(
+        server: WorkOSServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from support.docs import python_blocks
+
+    server.export_polls_pending = 1
+    [(_, example)] = python_blocks("docs/workos.md", section="Audit-log exports")
+    exec(compile(example, "docs/workos.md", "exec"),
+         {"WORKOS_URL": server.url, "CSV_PATH": str(tmp_path / "january.csv")})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["audit_log_export_0001 pending",
+                       "occurred_at,action,actor_id,actor_name,targets"]
+    assert server.exports["audit_log_export_0001"]["request"]["actor_ids"] == ["user_1"]

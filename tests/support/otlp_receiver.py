@@ -14,13 +14,23 @@ a status instead.
         exporter = OTLPLogExporter(endpoint=receiver.endpoint)
         ...
         receiver.wait_for(100)
+
+As a separate process (benchmarks)::
+
+    python tests/support/otlp_receiver.py
+
+prints ``PORT <n>`` and serves until stdin closes; ``GET /_stats`` answers
+``{"received", "duplicates", "requests", "without_key"}`` and ``POST /_reset``
+forgets them.
 """
 
 from __future__ import annotations
 
 import collections
 import gzip
+import json
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -80,12 +90,22 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def do_GET(self) -> None:
+        self.do_POST()
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        status = self.server.receiver._handle(self.path, self.headers, body)
-        payload = _OK if status == 200 else b""
+        receiver = self.server.receiver
+        if self.path.startswith("/_"):
+            self._reply(200, json.dumps(receiver._control(self.path)).encode(),
+                        "application/json")
+            return
+        status = receiver._handle(self.path, self.headers, body)
+        self._reply(status, _OK if status == 200 else b"", "application/x-protobuf")
+
+    def _reply(self, status: int, payload: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -171,6 +191,16 @@ class OTLPReceiver:
         with self._lock:
             self._script.extend(statuses)
 
+    def _control(self, path: str) -> dict[str, int]:
+        with self._lock:
+            if path == "/_reset":
+                self.keys.clear()
+                self.records.clear()
+                self.headers.clear()
+                self.duplicates = self.requests = self.without_key = 0
+            return {"received": len(self.keys), "duplicates": self.duplicates,
+                    "requests": self.requests, "without_key": self.without_key}
+
     def _handle(self, path: str, headers: Any, body: bytes) -> int:
         with self._lock:
             self.requests += 1
@@ -230,3 +260,15 @@ class OTLPReceiver:
                 if left <= 0:
                     raise AssertionError(f"{len(self.keys)} records received, expected {count}")
                 self._changed.wait(left)
+
+
+def main() -> int:
+    receiver = OTLPReceiver(record=False).up()
+    print(f"PORT {receiver.port}", flush=True)
+    sys.stdin.read()  # until the parent closes the pipe
+    receiver.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
