@@ -368,3 +368,15 @@ def test_the_example_of_docs_opentelemetry_runs_as_written(
     assert record.attributes["audit.target.name"] == "Invoice inv_1"
     assert record.attributes["audit.actor.name"] == "ann@example.com"
     assert record.attributes["audit.metadata.total"] == 12.5
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"base_url": "http://127.0.0.1:9", "batch_size": 10},
+    {"base_url": "http://127.0.0.1:9", "channel": lambda: None},
+])
+def test_the_engine_takes_a_base_url_or_a_channel_exactly(kwargs: dict[str, Any]) -> None:
+    from audit_instrument import AuditConfigError
+    from audit_instrument.delivery import DeliveryEngine
+
+    with pytest.raises(AuditConfigError, match="exactly one"):
+        DeliveryEngine(object(), **kwargs)

@@ -113,12 +113,13 @@ class DeliveryEngine:
                                "poll_interval": poll_interval})
         self.destination = destination
         self.base_url = None if base_url is None else route(base_url).base_url
-        if (channel is None) == (self.base_url is None) or (channel is None and batch_size > 1):
-            raise AuditConfigError("DeliveryEngine takes base_url= (one event per request) "
-                                   "or channel= (with any batch_size), not both")
-        self._open_channel: Callable[[], Channel] = channel or partial(
-            HttpChannel, cast(Destination, destination), self.base_url or "", timeout=timeout,
-            transport=transport)
+        if channel is None and self.base_url is not None and batch_size == 1:
+            channel = partial(HttpChannel, cast(Destination, destination), self.base_url,
+                              timeout=timeout, transport=transport)
+        elif channel is None or self.base_url is not None:
+            raise AuditConfigError("DeliveryEngine needs base_url= (HTTP, one event per "
+                                   "request) or channel= (any batch_size): exactly one")
+        self._open_channel: Callable[[], Channel] = channel
         self.where = where or self.base_url or repr(destination)
         self.batch_size = batch_size
         self.timeout = timeout
