@@ -1,7 +1,8 @@
 """Delivery for network senders: backlog, paced workers, retries, handles, the outbox.
 
-Reusable by any HTTP sender that implements :class:`Destination`;
-:class:`~audit_instrument.WorkOS` is the first.
+Reusable by any HTTP sender that implements :class:`Destination`
+(:class:`~audit_instrument.WorkOS`), and by any sender that delivers batches
+itself through a :class:`Channel` (the OpenTelemetry sender).
 
 * :mod:`.engine` — :class:`DeliveryEngine`: paced worker threads over one httpx transport
 * :mod:`.backlog` — where work comes from: memory, or the outbox
@@ -12,6 +13,7 @@ Reusable by any HTTP sender that implements :class:`Destination`;
 * :mod:`.outbox` — :class:`Outbox`: the durable SQLite outbox (durability modes, leases,
   dead letters)
 * :mod:`.group_commit` — :class:`GroupCommit`: many writers, one transaction
+* :mod:`.channel` — the :class:`Channel` seam: what the engine sends a batch through
 * :mod:`.http` — the :class:`Poster` seam and :func:`route`, the one rule for where
   requests may go
 """
@@ -22,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .channel import Channel
     from .concurrency import default_max_in_flight
     from .engine import DeliveryEngine
     from .handle import DeliveryHandle
@@ -34,7 +37,8 @@ if TYPE_CHECKING:
 # Imported on first use: the engine pulls in httpx (~100 ms), which the store's
 # use of group_commit, and `import audit_instrument`, must not pay.
 _WHERE = {
-    "RETRYABLE_STATUSES": "retry", "DeadLetter": "outbox", "DeliveryEngine": "engine",
+    "RETRYABLE_STATUSES": "retry", "Channel": "channel", "DeadLetter": "outbox",
+    "DeliveryEngine": "engine",
     "DeliveryHandle": "handle", "Destination": "http", "OutageGate": "outage",
     "Outbox": "outbox", "OutboxStatus": "outbox", "Pacer": "pacing", "RetryPolicy": "retry",
     "default_max_in_flight": "concurrency", "parse_retry_after": "retry", "route": "http",
@@ -50,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "RETRYABLE_STATUSES",
+    "Channel",
     "DeadLetter",
     "DeliveryEngine",
     "DeliveryHandle",

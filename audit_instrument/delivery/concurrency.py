@@ -63,7 +63,8 @@ class InFlight:
 
 
 def check_options(*, requests_per_second: object, max_in_flight: object, burst: object,
-                  queue_size: object, when_full: object, seconds: Mapping[str, object]) -> None:
+                  queue_size: object, when_full: object, seconds: Mapping[str, object],
+                  batch_size: object = 1) -> None:
     """Raise :class:`~audit_instrument.AuditConfigError` for an engine option that can't be."""
     if requests_per_second is not None and (
             isinstance(requests_per_second, bool)
@@ -71,7 +72,8 @@ def check_options(*, requests_per_second: object, max_in_flight: object, burst: 
             or not 0 < requests_per_second < math.inf):
         raise AuditConfigError(f"requests_per_second must be a number > 0 (or None), "
                                f"not {requests_per_second!r}")
-    for name, count in (("max_in_flight", max_in_flight), ("burst", burst)):
+    for name, count in (("max_in_flight", max_in_flight), ("burst", burst),
+                        ("batch_size", batch_size)):
         if count is not None and (not isinstance(count, int) or count < 1):
             raise AuditConfigError(f"{name} must be an int >= 1, not {count!r}")
     if not isinstance(queue_size, int) or queue_size < 1:

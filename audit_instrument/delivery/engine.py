@@ -1,6 +1,8 @@
 """The delivery engine: paced worker threads send events from a backlog, with retries.
 
-An HTTP sender plugs in as a :class:`~.http.Destination`. Around each request:
+An HTTP sender plugs in as a :class:`~.http.Destination`; a sender that delivers
+several events per call itself (an OpenTelemetry exporter) as a :class:`~.channel.Channel`
+with a ``batch_size``. Around each request:
 
 * **where work comes from** — a :mod:`backlog <.backlog>` (memory, or the
   durable outbox); the jobs being worked on are held in a :mod:`.jobs` queue;
@@ -14,7 +16,7 @@ An HTTP sender plugs in as a :class:`~.http.Destination`. Around each request:
 
 The caller's cost is a handle and a queue append (with an outbox in
 ``commit`` mode, also the wait for the group commit); no network I/O.
-Requests go through one shared httpx transport (:mod:`.http`).
+HTTP requests go through httpx (:mod:`.http`).
 
 >>> engine = DeliveryEngine(my_destination, base_url="https://api.workos.com")  # doctest: +SKIP
 >>> engine.submit(event).result(timeout=5)                                     # doctest: +SKIP
@@ -30,18 +32,20 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Literal, cast
 
 import httpx
 
 from .._stats import note_failure
-from ..errors import DeliveryError
+from ..errors import AuditConfigError, DeliveryError
 from ..event import AuditEvent
 from .backlog import Backlog, MemoryBacklog, OutboxBacklog
+from .channel import Channel, HttpChannel
 from .concurrency import InFlight, check_options, default_max_in_flight
 from .handle import DeliveryHandle
-from .http import Destination, NoAnswerError, Poster, make_poster, route
+from .http import Destination, NoAnswerError, route
 from .jobs import Job, JobQueue
 from .outage import OutageGate
 from .outbox import Outbox
@@ -72,13 +76,22 @@ class DeliveryEngine:
     handle) — with an ``outbox`` the rest waits on disk instead. ``retry``
     sets backoff and the per-event deadline. ``atexit_timeout`` bounds the
     flush at exit.
+
+    ``destination`` is a :class:`~.http.Destination` whose requests go to
+    ``base_url``, or, with ``channel`` (a factory of :class:`~.channel.Channel`,
+    called on first send and in a forked child), any object the outcomes are
+    reported for; ``where`` names it in logs. Each send carries up to
+    ``batch_size`` events (1 over HTTP).
     """
 
     def __init__(
         self,
-        destination: Destination,
+        destination: object,
         *,
-        base_url: str,
+        base_url: str | None = None,
+        channel: Callable[[], Channel] | None = None,
+        where: str | None = None,
+        batch_size: int = 1,
         timeout: float = 10.0,
         requests_per_second: float | None = None,
         burst: int | None = None,
@@ -93,12 +106,22 @@ class DeliveryEngine:
         poll_interval: float = 1.0,
     ) -> None:
         check_options(requests_per_second=requests_per_second, max_in_flight=max_in_flight,
-                      burst=burst, queue_size=queue_size, when_full=when_full,
+                      burst=burst, batch_size=batch_size, queue_size=queue_size,
+                      when_full=when_full,
                       seconds={"timeout": timeout, "block_timeout": block_timeout,
                                "atexit_timeout": atexit_timeout,
                                "poll_interval": poll_interval})
         self.destination = destination
-        self.base_url = route(base_url).base_url
+        self.base_url = None if base_url is None else route(base_url).base_url
+        if channel is None and self.base_url is not None and batch_size == 1:
+            channel = partial(HttpChannel, cast(Destination, destination), self.base_url,
+                              timeout=timeout, transport=transport)
+        elif channel is None or self.base_url is not None:
+            raise AuditConfigError("DeliveryEngine needs base_url= (HTTP, one event per "
+                                   "request) or channel= (any batch_size): exactly one")
+        self._open_channel: Callable[[], Channel] = channel
+        self.where = where or self.base_url or repr(destination)
+        self.batch_size = batch_size
         self.timeout = timeout
         self.requests_per_second = requests_per_second
         self.burst = burst
@@ -111,7 +134,6 @@ class DeliveryEngine:
         self.outbox = outbox
         self.atexit_timeout = atexit_timeout
         self.poll_interval = poll_interval
-        self._transport = transport
         self._backlog: Backlog = (
             MemoryBacklog() if outbox is None else
             OutboxBacklog(outbox, lease=self.retry.deadline + 60.0, on_lost=self._lost))
@@ -129,7 +151,7 @@ class DeliveryEngine:
         self._stopped = threading.Event()  # interrupts pacing waits at shutdown
         self._workers = 0  # worker threads running
         self._threads: list[threading.Thread] = []
-        self._client: Poster | None = None
+        self._client: Channel | None = None
         self._stopping = False
         self._closed = False
         self._refilling = False
@@ -139,7 +161,7 @@ class DeliveryEngine:
         self._pacer = Pacer(self.requests_per_second, burst=self.burst,
                             store=self._backlog.pace_store(),
                             horizon=self.retry.max_backoff + 1.0)
-        self._gate = OutageGate(self.retry, self.base_url, on_resume=self._wake_all)
+        self._gate = OutageGate(self.retry, self.where, on_resume=self._wake_all)
         self._outcomes = Outcomes(self.destination, self.retry, self._backlog, self._jobs)
 
     def _after_fork(self) -> None:
@@ -191,8 +213,7 @@ class DeliveryEngine:
     def _spawn(self) -> None:
         """Start one more worker (with the lock held)."""
         if self._client is None:
-            self._client = make_poster(self.base_url, timeout=self.timeout,
-                                       transport=self._transport)
+            self._client = self._open_channel()
         # A fresh, empty context: the engine's own work never carries the
         # caller's audit actor, so it cannot produce audit events.
         thread = threading.Thread(target=contextvars.Context().run, args=(self._run,),
@@ -331,35 +352,35 @@ class DeliveryEngine:
             try:
                 client.close()
             except Exception as exc:
-                note_failure("http close", "closing the HTTP client failed", error=exc,
-                             level=logging.DEBUG)
+                note_failure("http close", f"closing the client of {self.where} failed",
+                             error=exc, level=logging.DEBUG)
         self._backlog.close()
         return remaining
 
     # -- the workers' side -----------------------------------------------------------------
     def _run(self) -> None:
-        """A worker: take a job, wait for its turn, send it; never dies of an exception."""
+        """A worker: take jobs, wait for its turn, send them; never dies of an exception."""
         while True:
-            job = None
+            batch: list[Job] = []
             try:
-                job = self._take()
-                if job is None:
+                batch = self._take()
+                if not batch:
                     client = self._client
                     if client is not None:
                         client.thread_done()
                     return
                 if not self._pacer.wait_turn(self._stopped):
-                    if self._jobs.landed(job):
+                    for job in self._jobs.land(batch):
                         self._jobs.finish()
                         self._outcomes.abandoned(job, "shutdown")
                     continue
                 client = self._client
                 assert client is not None
-                self._attempt(client, job)
+                self._attempt(client, batch)
             except Exception as exc:
                 note_failure("delivery worker", f"delivery worker error (it carries on): "
                              f"{exc!r}", error=exc)
-                if job is not None:
+                for job in batch:
                     self._salvage(job, exc)
                 self._stopped.wait(0.05)  # no hot loop if the error repeats
 
@@ -368,13 +389,14 @@ class DeliveryEngine:
         if self._jobs.is_in_flight(job) and self._jobs.landed(job):
             self._outcomes.failed(job, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
 
-    def _take(self) -> Job | None:
+    def _take(self) -> list[Job]:
+        """Up to ``batch_size`` jobs to send now; none when this worker should stop."""
         jobs = self._jobs
         with self._lock:
             while True:
                 if self._stopping:
                     self._workers -= 1
-                    return None
+                    return []
                 pause = self._gate.paused_for()
                 if pause > 0:  # the server is down: wait, then probe again
                     jobs.wait_for_work(pause)
@@ -382,13 +404,13 @@ class DeliveryEngine:
                 target = self._in_flight.target(self._pacer.rate)
                 if self._workers > target:  # more hands than the rate needs
                     self._workers -= 1
-                    return None
+                    return []
                 now = _monotonic()
-                job = jobs.pop_due(now)
-                if job is not None:
+                batch = jobs.pop_due(now, self.batch_size)
+                if batch:
                     if jobs.ready and not jobs.idle and self._workers < target:
                         self._spawn()  # more work than hands, and room for another
-                    return job
+                    return batch
                 wait = jobs.next_due_in(now)
                 if self._backlog.durable and not self._refilling:
                     if now >= self._next_refill and jobs.pending < jobs.capacity:
@@ -412,43 +434,44 @@ class DeliveryEngine:
         self._next_refill = _monotonic() + (0.0 if len(claimed) >= limit else self.poll_interval)
         self._jobs.add_claimed(claimed)
 
-    def _attempt(self, client: Poster, job: Job) -> None:
-        job.attempts += 1
-        event = job.event
+    def _attempt(self, client: Channel, batch: list[Job]) -> None:
+        for job in batch:
+            job.attempts += 1
         sent_at = time.time()
         started = _monotonic()
         try:
-            path, body, headers = self.destination.request_parts(event)
-            response = client.post(path, body, headers)
+            response = client.send([job.event for job in batch])
         except NoAnswerError as exc:  # timeouts, refused, reset, protocol errors
             self._in_flight.observe(_monotonic() - started)
-            if not self._jobs.landed(job):
-                return
-            kind = "timed out" if exc.timeout else "connection failed"
-            self._gate.failed(None)
-            self._retry_later(job, DeliveryError(f"request {kind}: {exc}", retryable=True),
-                              None)
+            batch = self._jobs.land(batch)
+            if batch:
+                self._gate.failed(None)
+                self._retry_later(batch, DeliveryError(f"{exc.kind}: {exc}", retryable=True),
+                                  None)
             return
         except Exception as exc:  # a bug (ours, the destination's, a transport's)
-            if not self._jobs.landed(job):
-                return
-            if self._stopping:
-                self._jobs.finish()
-                self._outcomes.abandoned(job, "shutdown")
-                return
-            note_failure("delivery request", f"cannot send event {event.action}: {exc!r}",
-                         error=exc)
-            self._outcomes.failed(job, DeliveryError(f"cannot send event: {exc!r}"), dead=False)
+            batch = self._jobs.land(batch)
+            for job in batch:
+                if self._stopping:
+                    self._jobs.finish()
+                    self._outcomes.abandoned(job, "shutdown")
+                    continue
+                note_failure("delivery request", f"cannot send event {job.event.action}: "
+                             f"{exc!r}", error=exc)
+                self._outcomes.failed(job, DeliveryError(f"cannot send event: {exc!r}"),
+                                      dead=False)
             return
         self._in_flight.observe(_monotonic() - started)
-        if not self._jobs.landed(job):
+        batch = self._jobs.land(batch)
+        if not batch:
             return
         status = response.status
         if 200 <= status < 300:
             self._gate.answered()
-            self._outcomes.delivered(job)
+            for job in batch:
+                self._outcomes.delivered(job)
         elif is_retryable_status(status):
-            error = DeliveryError(f"HTTP {status}: {self.destination.error_message(response)}",
+            error = DeliveryError(f"HTTP {status}: {client.error_message(response)}",
                                   status=status, retryable=True)
             wait = self.retry.server_wait(response.headers.get("retry-after"))
             if status == 429:  # the server is up, and we are too fast
@@ -456,33 +479,36 @@ class DeliveryEngine:
                 self._pacer.throttled(wait, sent_at)
             else:
                 self._gate.failed(wait)
-            self._retry_later(job, error, wait)
+            self._retry_later(batch, error, wait)
         else:
             self._gate.answered()
-            message = self.destination.error_message(response)
-            self._outcomes.failed(job, DeliveryError(
-                f"rejected with HTTP {status}: {message}", status=status, retryable=False),
-                dead=True)
+            message = client.error_message(response)
+            for job in batch:
+                self._outcomes.failed(job, DeliveryError(
+                    f"rejected with HTTP {status}: {message}", status=status, retryable=False),
+                    dead=True)
 
-    def _retry_later(self, job: Job, error: DeliveryError, wait: float | None) -> None:
-        job.last_error = error
-        delay = wait if wait is not None else self.retry.backoff(job.attempts)
+    def _retry_later(self, batch: list[Job], error: DeliveryError, wait: float | None) -> None:
+        """Send ``batch`` again after ``wait`` (else a backoff), together."""
+        delay = wait if wait is not None else self.retry.backoff(
+            max(job.attempts for job in batch))
         due = _monotonic() + delay
-        if due > job.deadline:
-            self._outcomes.expired(job, error)
-            return
         logger.debug("audit_instrument: attempt %d for event %s failed (%s); retrying in %.2fs",
-                     job.attempts, job.event.action, error, delay)
-        if not self._jobs.retry_at(job, due, self._stopping):
-            self._jobs.finish()
-            self._outcomes.abandoned(job, "shutdown")
+                     batch[0].attempts, batch[0].event.action, error, delay)
+        for job in batch:
+            job.last_error = error
+            if due > job.deadline:
+                self._outcomes.expired(job, error)
+            elif not self._jobs.retry_at(job, due, self._stopping):
+                self._jobs.finish()
+                self._outcomes.abandoned(job, "shutdown")
 
     def _lost(self, event: AuditEvent, handle: DeliveryHandle | None,
               error: DeliveryError) -> None:
         self._outcomes.lost(event, handle, error)
 
     def __repr__(self) -> str:
-        return (f"<DeliveryEngine {self.base_url} pending={self._jobs.pending} "
+        return (f"<DeliveryEngine {self.where} pending={self._jobs.pending} "
                 f"delivered={self.delivered} failed={self.failed} dropped={self.dropped}>")
 
 
@@ -495,7 +521,7 @@ def _flush_at_exit(ref: weakref.ref[DeliveryEngine]) -> None:
         where = ("left pending in the outbox for the next start" if engine.outbox is not None
                  else "lost")
         logger.warning("audit_instrument: %d event(s) not delivered to %s at exit "
-                       "(waited %.1fs; %s)", remaining, engine.base_url,
+                       "(waited %.1fs; %s)", remaining, engine.where,
                        engine.atexit_timeout, where)
 
 

@@ -76,11 +76,15 @@ class Answer(NamedTuple):
 
 
 class NoAnswerError(Exception):
-    """No answer: the request timed out or the connection failed (worth retrying)."""
+    """No answer: the request timed out or the connection failed (worth retrying).
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
+    ``kind`` names what went wrong in the engine's error message.
+    """
+
+    def __init__(self, message: str, *, timeout: bool = False, kind: str | None = None) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.kind = kind or ("request timed out" if timeout else "request connection failed")
 
 
 class Poster(Protocol):

@@ -88,17 +88,19 @@ class JobQueue:
             self.failed += failed
 
     # -- workers (with the lock held) ------------------------------------------------------------
-    def pop_due(self, now: float) -> Job | None:
-        """The next job to send (a due retry first), now in flight; ``None`` if none."""
-        delayed = self._delayed
-        if delayed and delayed[0][0] <= now:
-            job = heapq.heappop(delayed)[2]
-        elif self.ready:
-            job = self.ready.popleft()
-        else:
-            return None
-        self.in_flight.add(job)
-        return job
+    def pop_due(self, now: float, limit: int = 1) -> list[Job]:
+        """Up to ``limit`` jobs to send (due retries first), now in flight; ``[]`` if none."""
+        delayed, ready = self._delayed, self.ready
+        batch: list[Job] = []
+        while len(batch) < limit:
+            if delayed and delayed[0][0] <= now:
+                batch.append(heapq.heappop(delayed)[2])
+            elif ready:
+                batch.append(ready.popleft())
+            else:
+                break
+        self.in_flight.update(batch)
+        return batch
 
     def next_due_in(self, now: float) -> float | None:
         """Seconds until the next retry is due (``None``: none waits)."""
@@ -120,6 +122,13 @@ class JobQueue:
         self.changed.notify_all()
 
     # -- outcomes -------------------------------------------------------------------------------
+    def land(self, batch: list[Job]) -> list[Job]:
+        """:meth:`landed` for each job of ``batch``: those shutdown did not give up on."""
+        with self.lock:
+            for job in batch:
+                self.in_flight.discard(job)
+        return [job for job in batch if not job.abandoned]
+
     def landed(self, job: Job) -> bool:
         """The request of ``job`` ended; ``False`` if shutdown already gave up on it."""
         with self.lock:

@@ -19,6 +19,15 @@ requests (a status, ``Fault.reset()``, ``Fault.hang()``, ``Fault.slow(s)``,
 requests at random (mixed 5xx, 429, connection resets); ``hang_all`` never
 answers; ``reject_actions`` maps an action to a non-retryable error.
 
+Audit-log exports as WorkOS has them: ``POST /audit_logs/exports`` creates
+one (``pending``), ``GET /audit_logs/exports/{id}`` reads it; it turns
+``ready`` after ``export_polls_pending`` reads (``export_outcome`` may make it
+``"error"``), with a presigned-style URL on a **second port**, the download
+host, which serves the CSV (``export_csv``, else the organization's accepted
+events) to a request carrying the right signature and records every request
+it gets in ``downloads`` (headers included). ``download_script`` queues
+statuses for the download host.
+
 In a test::
 
     with WorkOSServer() as server:
@@ -44,6 +53,8 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import csv
+import io
 import json
 import math
 import os
@@ -64,6 +75,7 @@ _REASONS = {
     201: "Created",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     408: "Request Timeout",
     422: "Unprocessable Entity",
@@ -130,8 +142,9 @@ class Recorded:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, server: WorkOSServer) -> None:
+    def __init__(self, server: WorkOSServer, *, download: bool = False) -> None:
         self.server = server
+        self.download = download  # the download host's side
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -156,7 +169,10 @@ class _Protocol(asyncio.Protocol):
             body = bytes(self.buffer[end + 4 : end + 4 + length])
             del self.buffer[: end + 4 + length]
             method, path, _ = head[0].split(" ", 2)
-            self.server._handle(self, Recorded(method, path, headers, body))
+            if self.download:
+                self.server._serve_download(self, Recorded(method, path, headers, body))
+            else:
+                self.server._handle(self, Recorded(method, path, headers, body))
 
     def respond(self, status: int, payload: object, extra: dict[str, str] | None = None,
                 close: bool = False) -> None:
@@ -172,6 +188,13 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         if close:
             self.transport.close()
+
+    def respond_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.transport.write(head.encode() + body)
 
     def reset(self) -> None:
         if self.transport is not None:
@@ -213,6 +236,15 @@ class WorkOSServer:
         self._thread: threading.Thread | None = None
         self._hung: list[_Protocol] = []
         self.port = 0
+        # audit-log exports
+        self.exports: dict[str, dict[str, Any]] = {}
+        self.export_polls_pending = 1  # reads of an export answered "pending" before "ready"
+        self.export_outcome = "ready"  # or "error"
+        self.export_csv: bytes | None = None  # served instead of the accepted events
+        self.downloads: list[Recorded] = []  # every request the download host got
+        self.download_script: collections.deque[int] = collections.deque()
+        self._download_server: asyncio.base_events.Server | None = None
+        self.download_port = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -230,6 +262,9 @@ class WorkOSServer:
                 self._server = loop.run_until_complete(loop.create_server(
                     lambda: _Protocol(self), "127.0.0.1", self.requested_port, backlog=1024))
                 self.port = self._server.sockets[0].getsockname()[1]
+                self._download_server = loop.run_until_complete(loop.create_server(
+                    lambda: _Protocol(self, download=True), "127.0.0.1", 0))
+                self.download_port = self._download_server.sockets[0].getsockname()[1]
             except BaseException as exc:
                 errors.append(exc)
                 ready.set()
@@ -240,6 +275,8 @@ class WorkOSServer:
             finally:
                 self._server.close()
                 loop.run_until_complete(self._server.wait_closed())
+                if self._download_server is not None:
+                    self._download_server.close()
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="workos-test-server", daemon=True)
@@ -257,6 +294,10 @@ class WorkOSServer:
         def close_all() -> None:
             for proto in self._hung:
                 proto.reset()
+            if self._download_server is not None:
+                self._download_server.close()
+                with contextlib.suppress(AttributeError):
+                    self._download_server.close_clients()  # type: ignore[attr-defined]
             if self._server is not None:
                 self._server.close()
                 # close keep-alive connections too, or wait_closed() would wait on them
@@ -396,6 +437,9 @@ class WorkOSServer:
             answer(*args)
 
     def _answer(self, proto: _Protocol, request: Recorded) -> None:
+        if request.path.startswith("/audit_logs/exports"):
+            self._export_api(proto, request)
+            return
         if request.method != "POST" or request.path not in ("/events", "/audit_logs/events"):
             proto.respond(404, {"message": f"Not found: {request.method} {request.path}"})
             return
@@ -429,6 +473,92 @@ class WorkOSServer:
                 self.accepted[key] = body if self.record else True
             self._changed.notify_all()
         proto.respond(201, {"success": True})
+
+    # -- audit-log exports --------------------------------------------------------------------
+    def _export_api(self, proto: _Protocol, request: Recorded) -> None:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            proto.respond(401, {"message": "Unauthorized", "code": "unauthorized"})
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        if request.method == "POST" and request.path == "/audit_logs/exports":
+            try:
+                body = json.loads(request.body)
+            except ValueError:
+                proto.respond(400, {"message": "Invalid JSON body"})
+                return
+            missing = [k for k in ("organization_id", "range_start", "range_end")
+                       if not isinstance(body, dict) or not body.get(k)]
+            if missing:
+                proto.respond(422, {"message": "Validation failed", "code": "invalid_request",
+                                    "errors": [{"code": "missing", "field": k,
+                                                "message": f"{k} is required"}
+                                               for k in missing]})
+                return
+            with self._lock:
+                export_id = f"audit_log_export_{len(self.exports) + 1:04d}"
+                self.exports[export_id] = {"request": body, "reads": 0, "created_at": now,
+                                           "signature": os.urandom(8).hex()}
+            proto.respond(201, self._export_json(export_id, "pending", now))
+            return
+        export_id = request.path.removeprefix("/audit_logs/exports/")
+        with self._lock:
+            export = self.exports.get(export_id) if request.method == "GET" else None
+            if export is not None:
+                export["reads"] += 1
+                ready = export["reads"] > self.export_polls_pending
+        if export is None:
+            proto.respond(404, {"message": f"Not found: {request.method} {request.path}",
+                                "code": "entity_not_found"})
+            return
+        state = self.export_outcome if ready else "pending"
+        proto.respond(200, self._export_json(export_id, state, export["created_at"], now))
+
+    def _export_json(self, export_id: str, state: str, created: str,
+                     updated: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"object": "audit_log_export", "id": export_id, "state": state,
+                               "created_at": created, "updated_at": updated or created}
+        if state == "ready":
+            signature = self.exports[export_id]["signature"]
+            out["url"] = (f"http://127.0.0.1:{self.download_port}/exports/{export_id}.csv"
+                          f"?X-Amz-Expires=600&X-Amz-Signature={signature}")
+        return out
+
+    def export_rows(self, export_id: str) -> bytes:
+        """The CSV the download host serves for ``export_id``."""
+        if self.export_csv is not None:
+            return self.export_csv
+        organization = self.exports[export_id]["request"]["organization_id"]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["occurred_at", "action", "actor_id", "actor_name", "targets"])
+        with self._lock:
+            bodies = [b for b in self.accepted.values() if isinstance(b, dict)]
+        for body in bodies:
+            event = body.get("event", body)
+            if body.get("organization_id", body.get("group")) != organization:
+                continue
+            actor = event.get("actor", {"id": event.get("actor_id"),
+                                        "name": event.get("actor_name")})
+            targets = event.get("targets") or [{"id": event.get("target_id")}]
+            writer.writerow([event.get("occurred_at"), event.get("action"), actor.get("id"),
+                             actor.get("name"), " ".join(str(t.get("id")) for t in targets)])
+        return out.getvalue().encode()
+
+    def _serve_download(self, proto: _Protocol, request: Recorded) -> None:
+        with self._lock:
+            self.downloads.append(request)
+            scripted = self.download_script.popleft() if self.download_script else None
+        if scripted is not None:
+            proto.respond_bytes(scripted, b"<Error>scripted</Error>", "application/xml")
+            return
+        path, _, query = request.path.partition("?")
+        export_id = path.removeprefix("/exports/").removesuffix(".csv")
+        export = self.exports.get(export_id)
+        if request.method != "GET" or export is None or \
+                f"X-Amz-Signature={export['signature']}" not in query.split("&"):
+            proto.respond_bytes(403, b"<Error>SignatureDoesNotMatch</Error>", "application/xml")
+            return
+        proto.respond_bytes(200, self.export_rows(export_id), "text/csv")
 
     def _control(self, proto: _Protocol, request: Recorded) -> None:
         if request.path == "/_stats":
