@@ -77,7 +77,10 @@ def _before_text(before: object) -> str:
         if before < timedelta(0):
             raise AuditValidationError("before", "must not be a negative age", before)
         before = datetime.now(UTC) - before
-    text = make_filters(until=before).until
+    try:
+        text = make_filters(until=before).until
+    except AuditValidationError as error:
+        raise AuditValidationError("before", error.rule, before) from None
     if text is None:
         raise AuditValidationError("before", "is required: a datetime, ISO text or an age")
     return text

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import AuditConfigError
@@ -124,6 +124,20 @@ def walk(
     progress: Callable[[int], None] | None = None,
 ) -> Verification:
     """Check every row of ``snapshot``, its head, and ``against`` (see the module)."""
+    base = snapshot.base()
+    result = _walk(snapshot, key, base, where=where, against=against, progress=progress)
+    return result if base is None else replace(result, base=base.seq)
+
+
+def _walk(
+    snapshot: Snapshot,
+    key: ChainKey | None,
+    base: ChainBase | None,
+    *,
+    where: str,
+    against: Checkpoint | None,
+    progress: Callable[[int], None] | None,
+) -> Verification:
     mismatch = _seal_mismatch(snapshot, key, where)
     if mismatch:
         return Verification(0, None, mismatch)
@@ -140,7 +154,6 @@ def walk(
             )
     if against is not None and against.seq == 0 and against.hash != GENESIS_HASH:
         return Verification(0, 0, "the checkpoint names row 0 with a hash other than genesis")
-    base = snapshot.base()
     start = 0 if base is None else base.seq
     if against is not None and base is not None and against.seq <= base.seq:
         problem = _before_base(against, base)
@@ -236,7 +249,7 @@ def walk(
         )
     if progress is not None:
         progress(last)
-    return Verification(last - start, keyed=keyed, base=start)
+    return Verification(last - start, keyed=keyed)
 
 
 def _before_base(against: Checkpoint, base: ChainBase) -> str:
