@@ -28,7 +28,8 @@ def blueprint(viewer: Viewer, name: str = "audit_viewer") -> flask.Blueprint:
     bp = flask.Blueprint(name, __name__)
 
     def serve(subpath: str = "") -> Any:
-        request = flask.request
+        # the Request itself, not the context-local proxy standing for it
+        request = flask.request._get_current_object()  # type: ignore[attr-defined]
         base = request_from_environ(request.environ)
         path = "/" + subpath
         full = request.path
