@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be from 0 to 65535 (got {args.port})")
     token, made = _token(args)
+    if not Path(args.db).is_file():  # never serve an empty store made by a typo
+        raise CommandError(f"{display_path(args.db)}: no such audit store")
     store = open_store(args.db, readonly=False, key_file=args.key_file)
     try:
         running = make_server(store, host=args.host, port=args.port, token=token,
