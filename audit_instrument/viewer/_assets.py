@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["CSS"]
+__all__ = ["CSS", "ICON"]
+
+ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect x="2" y="1" width="12" height="14" rx="2" fill="#0b5cad"/>'
+    '<rect x="5" y="4" width="6" height="1.5" fill="#ffffff"/>'
+    '<rect x="5" y="7.2" width="6" height="1.5" fill="#ffffff"/>'
+    '<rect x="5" y="10.4" width="4" height="1.5" fill="#ffffff"/></svg>'
+)
+"""The page icon, served at ``favicon.svg``."""
 
 CSS = """\
 :root { color-scheme: light; --line: #d8dde3; --muted: #5b6672; --bg: #f6f8fa; }

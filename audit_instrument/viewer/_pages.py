@@ -86,6 +86,7 @@ def layout(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="referrer" content="no-referrer">'
         "<title>{title}</title>{head}"
+        '<link rel="icon" href="{root}/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="{root}/viewer.css"></head><body>'
         '<header><a class="home" href="{root}/">Audit log</a>{badge}</header>'
         "<main>{body}</main></body></html>\n",

@@ -13,7 +13,7 @@ which returns a :class:`ViewResponse`. Routes, below the viewer's root:
 ``GET /export.csv``         every event of the current filters, as CSV
 ``GET /export.jsonl``       the same as JSON lines
 ``GET /chain``              the hash chain's state (``POST /verify``: verify now)
-``GET /viewer.css``         the stylesheet
+``GET /viewer.css``         the stylesheet (and ``/favicon.svg``, the icon)
 ==========================  ===================================================
 
 Filters (query parameters): ``actor``, ``action``, ``target``, ``group``
@@ -39,7 +39,7 @@ from ..store import ActivityCount, AuditStore
 from ..store.query import make_filters
 from . import _pages
 from ._access import AllGroups, Scoped, groups_from
-from ._assets import CSS
+from ._assets import CSS, ICON
 from ._chain import ChainStatus
 from ._chart import draw
 from ._html import Safe
@@ -68,6 +68,10 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 _PAGE_LIMIT = 500
 _API_LIMIT = 1000
 _CHART_DAYS = 30
+_ASSETS = {
+    "/viewer.css": ("text/css; charset=utf-8", CSS.encode("utf-8")),
+    "/favicon.svg": ("image/svg+xml", ICON.encode("utf-8")),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,16 +228,17 @@ class Viewer:
 
     @staticmethod
     def needs_authorization(path: str) -> bool:
-        """Whether ``path`` reads anything (everything but the stylesheet)."""
-        return path != "/viewer.css"
+        """Whether ``path`` reads anything (everything but the stylesheet and icon)."""
+        return path not in _ASSETS
 
     def handle(
         self, request: ViewRequest, answer: object, actor: object = None
     ) -> ViewResponse:
         """Answer ``request``; ``answer`` is what ``authorize`` returned (or raised)."""
         root = request.root
-        if request.path == "/viewer.css":
-            return _response(200, "text/css; charset=utf-8", CSS.encode("utf-8"))
+        asset = _ASSETS.get(request.path)
+        if asset is not None:
+            return _response(200, *asset)
         if isinstance(answer, PermissionError):
             answer = frozenset()
         if isinstance(answer, BaseException):
