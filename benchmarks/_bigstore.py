@@ -39,7 +39,8 @@ def record(i: int, n: int, groups: int, days: int) -> dict[str, object]:
     when = END - timedelta(seconds=(n - i) * days * 86400 / n)
     metadata: dict[str, object] = {"request_id": f"req_{i:08d}"}
     if kind == "U":
-        metadata.update(title_was=f"Quarterly report v{i % 9}", title=f"Quarterly report v{i % 9 + 1}")
+        metadata["title_was"] = f"Quarterly report v{i % 9}"
+        metadata["title"] = f"Quarterly report v{i % 9 + 1}"
     return {
         "group": f"organization_{actor % groups + 1}",
         "action": action,

@@ -5,8 +5,8 @@ with JavaScript on, hostile values that stay inert text."""
 from __future__ import annotations
 
 import csv
-from http.cookies import SimpleCookie
 from collections.abc import Iterator
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
