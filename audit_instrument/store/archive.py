@@ -16,15 +16,17 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import AuditConfigError
 from .backend import Row, TargetRow
-from .chain import GENESIS_HASH, ChainBase, ChainKey, Linker, Seal
+from .chain import ChainBase, ChainKey, Linker, Seal
 from .sqlite import SQLiteBackend
+from .sqlite_prune import BULK_CACHE
 from .sqlite_prune import base as read_base
 from .sqlite_schema import create
 
-__all__ = ["ArchiveEnd", "archive_end", "write_archive"]
+__all__ = ["ArchiveEnd", "Rows", "archive_end", "write_archive"]
 
 _INSERT = (
     'INSERT INTO events (seq, occurred_at, action, actor_id, target_id, "group", '
@@ -36,6 +38,15 @@ _INSERT_TARGET = (
 
 ArchiveEnd = tuple[int, str]
 """``(seq, hash)`` of an archive's last row: the row after which it continues."""
+
+
+class Rows(Protocol):
+    """The rows to archive, in order; ``end`` starts as where they continue from (the
+    archive's end) and is the last row's ``(seq, hash)`` once they have been iterated."""
+
+    end: ArchiveEnd
+
+    def __iter__(self) -> Iterator[Row]: ...
 
 
 def archive_end(path: Path) -> ArchiveEnd | None:
@@ -50,25 +61,11 @@ def archive_end(path: Path) -> ArchiveEnd | None:
         backend.close()
 
 
-class _Last:
-    """Passes rows through, keeping the last one's ``(seq, hash)``."""
-
-    def __init__(self, rows: Iterable[Row], start: ArchiveEnd) -> None:
-        self._rows = rows
-        self.end = start
-
-    def __iter__(self) -> Iterator[Row]:
-        for row in self._rows:
-            self.end = (row[0], row[8])
-            yield row
-
-
 def write_archive(
     path: Path,
-    rows: Iterable[Row],
+    rows: Rows,
     targets: Iterable[TargetRow],
     *,
-    after: ArchiveEnd,
     base: ChainBase | None,
     seal: Seal | None,
     key: ChainKey | None,
@@ -76,17 +73,16 @@ def write_archive(
 ) -> ArchiveEnd:
     """Write ``rows`` (and their target entries) to the archive at ``path``; its new end.
 
-    ``after`` is where the rows continue from: an existing archive must end
-    exactly there. A new archive starts at ``base`` (``None``: genesis). On a
-    keyed chain (``seal``) the archive is keyed too, from the same row, and
-    its head MAC is made with ``key``.
+    An existing archive must end where ``rows`` continue from (``rows.end``
+    before they are read). A new archive starts at ``base`` (``None``:
+    genesis). On a keyed chain (``seal``) the archive is keyed too, from the
+    same row, and its head MAC is made with ``key``.
     """
-    last = _Last(rows, after)
     if path.exists():
-        _append(path, last, targets, after=after, seal=seal, key=key, where=where)
+        _append(path, rows, targets, seal=seal, key=key, where=where)
     else:
-        _create(path, last, targets, base=base, seal=seal, key=key, where=where)
-    return last.end
+        _create(path, rows, targets, base=base, seal=seal, key=key, where=where)
+    return rows.end
 
 
 def _finish(
@@ -108,7 +104,7 @@ def _finish(
 
 
 def _create(
-    path: Path, rows: _Last, targets: Iterable[TargetRow], *, base: ChainBase | None,
+    path: Path, rows: Rows, targets: Iterable[TargetRow], *, base: ChainBase | None,
     seal: Seal | None, key: ChainKey | None, where: str,
 ) -> None:
     partial = path.with_name(path.name + ".partial")
@@ -124,6 +120,7 @@ def _create(
             # Built in one transaction without a journal: on failure the file is dropped.
             conn.execute("PRAGMA journal_mode = OFF")
             conn.execute("PRAGMA synchronous = OFF")
+            conn.execute(f"PRAGMA cache_size = {BULK_CACHE}")  # indexes sorted in memory
             conn.execute("BEGIN")
             create(conn, lambda c: _insert(c, rows))
             conn.executemany(_INSERT_TARGET, targets)
@@ -144,12 +141,14 @@ def _create(
 
 
 def _append(
-    path: Path, rows: _Last, targets: Iterable[TargetRow], *, after: ArchiveEnd,
+    path: Path, rows: Rows, targets: Iterable[TargetRow], *,
     seal: Seal | None, key: ChainKey | None, where: str,
 ) -> None:
+    after = rows.end
     SQLiteBackend(path).close()  # an audit store at the current schema, or AuditConfigError
     with closing(sqlite3.connect(path, isolation_level=None, timeout=10.0)) as conn:
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA cache_size = {BULK_CACHE}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             head = conn.execute("SELECT seq, hash FROM chain WHERE id = 1").fetchone()
@@ -178,5 +177,3 @@ def _sync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
-
-GENESIS_END: ArchiveEnd = (0, GENESIS_HASH)

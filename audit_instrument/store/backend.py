@@ -217,7 +217,8 @@ class Backend(Protocol):
         ...
 
     def archive_targets(self, first: int, last: int) -> Iterator[TargetRow]:
-        """The target entries of rows ``first..last``, read on a connection of their own."""
+        """The target entries of rows ``first..last`` beyond each row's first target (an
+        archive indexes first targets itself), read on a connection of their own."""
         ...
 
     def prune_upto(

@@ -23,6 +23,7 @@ archive and the store; pruning again into the same archive resumes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -86,19 +87,47 @@ def _before_text(before: object) -> str:
     return text
 
 
-def _checked(rows: Iterable[Row], linker: Linker, after: ArchiveEnd, where: str) -> Iterator[Row]:
-    """``rows`` as they are, raising at the first one that does not follow the one before."""
-    expected, previous = after[0] + 1, after[1]
-    link = linker.link
-    for row in rows:
-        seq, record, digest = row[0], row[7], row[8]
-        if seq != expected or link(seq, previous, record) != digest:
-            raise AuditError(
-                f"{where}: row {min(seq, expected)} does not follow the row before it in the "
-                "chain: nothing was pruned; run verify"
-            )
-        yield row
-        expected, previous = seq + 1, digest
+class _Checked:
+    """Rows passed through as they are, each checked to follow the one before in the chain.
+
+    Raises :class:`~audit_instrument.AuditError` at the first that does not;
+    ``end`` is the last row's ``(seq, hash)``; ``progress(phase, done, total)``
+    is called every 10,000 rows. One loop does it all: it runs once per row
+    moved (``benchmarks/bench_viewer.py``, prune).
+    """
+
+    def __init__(
+        self, rows: Iterable[Row], linker: Linker, after: ArchiveEnd, where: str,
+        report: Callable[[int], None] | None,
+    ) -> None:
+        self._rows = rows
+        self._linker = linker
+        self._where = where
+        self._report = report
+        self.end = after
+
+    def __iter__(self) -> Iterator[Row]:
+        expected, previous = self.end[0] + 1, self.end[1]
+        link = self._linker.link
+        seal = self._linker.seal
+        keyed_from = seal.keyed_from if seal is not None else None
+        sha256, report = hashlib.sha256, self._report
+        for row in self._rows:
+            seq, record, digest = row[0], row[7], row[8]
+            if keyed_from is None or seq < keyed_from:
+                computed = sha256((previous + record).encode("utf-8")).hexdigest()
+            else:
+                computed = link(seq, previous, record)
+            if seq != expected or computed != digest:
+                raise AuditError(
+                    f"{self._where}: row {min(seq, expected)} does not follow the row before "
+                    "it in the chain: nothing was pruned; run verify"
+                )
+            yield row
+            expected, previous = seq + 1, digest
+            if report is not None and seq % 10_000 == 0:
+                report(seq)
+        self.end = (expected - 1, previous)
 
 
 def _resume_point(
@@ -148,26 +177,23 @@ def prune(
     chain = linker(seal)  # raises if the chain is keyed and the key is missing or wrong
     total = upto - start
 
-    def report(phase: str) -> Callable[[Iterable[Row]], Iterator[Row]]:
-        def counted(rows: Iterable[Row]) -> Iterator[Row]:
-            for done, row in enumerate(rows, 1):
-                if progress is not None and done % 10_000 == 0:
-                    progress(phase, done, total)
-                yield row
-        return counted
+    def report(phase: str) -> Callable[[int], None] | None:
+        if progress is None:
+            return None
+        return lambda seq: progress(phase, seq - start, total)
 
     if path is None:
-        for _ in report("checking")(_checked(
-            backend.archive_rows(start + 1, upto), chain, (start, start_hash), where
-        )):
+        for _ in _Checked(backend.archive_rows(start + 1, upto), chain, (start, start_hash),
+                          where, report("checking")):
             pass
     else:
         after = _resume_point(backend, path, start, start_hash, where)
         if after[0] < upto:
-            rows = _checked(backend.archive_rows(after[0] + 1, upto), chain, after, where)
+            rows = _Checked(backend.archive_rows(after[0] + 1, upto), chain, after, where,
+                            report("archiving"))
             write_archive(
-                path, report("archiving")(rows), backend.archive_targets(after[0] + 1, upto),
-                after=after, base=base, seal=seal, key=key, where=where,
+                path, rows, backend.archive_targets(after[0] + 1, upto),
+                base=base, seal=seal, key=key, where=where,
             )
     pruned_at = format_timestamp(datetime.now(UTC))
     done = start

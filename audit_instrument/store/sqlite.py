@@ -444,8 +444,16 @@ class SQLiteBackend:
         self, upto: int, after: int, pruned_at: str, linker: Callable[[Seal | None], Linker]
     ) -> ChainBase:
         conn = self._writer()
-        with _immediate(conn):
-            return sqlite_prune.prune_upto(conn, upto, after, pruned_at, linker, self.location)
+        # A deletion touches pages of every index at random: a large page cache for it,
+        # SQLite's default again after (benchmarks/bench_viewer.py, prune).
+        conn.execute(f"PRAGMA cache_size = {sqlite_prune.BULK_CACHE}")
+        try:
+            with _immediate(conn):
+                return sqlite_prune.prune_upto(
+                    conn, upto, after, pruned_at, linker, self.location
+                )
+        finally:
+            conn.execute("PRAGMA cache_size = -2000")
 
     # -- lifetime ------------------------------------------------------------
 

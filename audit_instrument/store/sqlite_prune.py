@@ -10,14 +10,16 @@ other writers get the lock between chunks.
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 from ..errors import AuditConfigError, AuditError
 from .backend import Row, TargetRow
 from .chain import ChainBase, Linker, Seal
 
-__all__ = ["archive_rows", "archive_targets", "base", "prunable", "prune_upto"]
+__all__ = ["BULK_CACHE", "archive_rows", "archive_targets", "base", "prunable", "prune_upto"]
+
+BULK_CACHE = -262_144
+"""SQLite's page cache (in KiB when negative: 256 MiB) while pruning or building an archive."""
 
 _ROWS = (
     'SELECT seq, occurred_at, action, actor_id, target_id, "group", '
@@ -55,35 +57,43 @@ def archive_rows(conn: sqlite3.Connection, first: int, last: int) -> Iterator[Ro
 
 
 def archive_targets(conn: sqlite3.Connection, first: int, last: int) -> Iterator[TargetRow]:
-    """The target entries of rows ``first..last``, in ``seq`` order."""
+    """The target entries of rows ``first..last`` beyond each row's first target."""
     return iter(conn.execute(
-        "SELECT seq, target_id, occurred_at FROM event_targets WHERE seq >= ? AND seq <= ? "
-        "ORDER BY seq, target_id",
+        "SELECT t.seq, t.target_id, t.occurred_at FROM event_targets t "
+        "JOIN events e ON e.seq = t.seq WHERE t.seq >= ? AND t.seq <= ? "
+        "AND t.target_id != e.target_id ORDER BY t.seq, t.target_id",
         (first, last),
     ))
 
 
-def _uncount(conn: sqlite3.Connection, after: int, upto: int) -> None:
-    """Take rows ``after+1..upto`` out of the activity counts; drop counts that reach 0."""
-    hours = conn.execute(
-        'SELECT substr(occurred_at, 1, 13), "group", action, count(*) FROM events '
-        "WHERE seq > ? AND seq <= ? GROUP BY 1, 2, 3",
+def _recount(conn: sqlite3.Connection, after: int, upto: int) -> Callable[[], None]:
+    """Prepare to fix the activity counts once rows ``after+1..upto`` are deleted; the fix.
+
+    The counts of every hour and day the rows fall in are dropped and counted
+    again from the rows that remain there, found through the ``occurred_at``
+    index — pruned rows are the oldest, so few remain in those buckets, and
+    this costs far less than subtracting each deleted row's bucket.
+    """
+    low, high = conn.execute(
+        "SELECT min(occurred_at), max(occurred_at) FROM events WHERE seq > ? AND seq <= ?",
         (after, upto),
-    ).fetchall()
-    days: Counter[tuple[str, str, str]] = Counter()
-    for hour, group, action, events in hours:
-        days[(hour[:10], group, action)] += events
-    for table, column, counts in (
-        ("activity_hour", "hour", [((h, g, a), n) for h, g, a, n in hours]),
-        ("activity_day", "day", list(days.items())),
-    ):
-        key = f'{column} = ? AND "group" = ? AND action = ?'
-        conn.executemany(
-            f"UPDATE {table} SET events = events - ? WHERE {key}",
-            [(n, *bucket) for bucket, n in counts],
-        )
-        conn.executemany(f"DELETE FROM {table} WHERE {key} AND events <= 0",
-                         [bucket for bucket, _ in counts])
+    ).fetchone()
+
+    def fix() -> None:
+        if low is None:
+            return
+        for table, column, width in (("activity_hour", "hour", 13), ("activity_day", "day", 10)):
+            first, last = low[:width], high[:width]
+            conn.execute(f"DELETE FROM {table} WHERE {column} >= ? AND {column} <= ?",
+                         (first, last))
+            conn.execute(
+                f'INSERT INTO {table} ({column}, "group", action, events) '
+                f'SELECT substr(occurred_at, 1, {width}), "group", action, count(*) FROM events '
+                "WHERE occurred_at >= ? AND occurred_at < ? GROUP BY 1, 2, 3",
+                (first, last + "\uffff"),
+            )
+
+    return fix
 
 
 def prune_upto(
@@ -111,7 +121,7 @@ def prune_upto(
     if not after < upto <= head_seq or found is None:
         raise AuditError(f"{where}: row {upto} is not in the chain; run verify")
     link = linker(None if row[2] is None else Seal(int(row[2]), row[3], row[4]))
-    _uncount(conn, after, upto)
+    recount = _recount(conn, after, upto)
     conn.execute("DELETE FROM event_targets WHERE seq > ? AND seq <= ?", (after, upto))
     deleted = conn.execute("DELETE FROM events WHERE seq > ? AND seq <= ?", (after, upto))
     if deleted.rowcount != upto - after:
@@ -119,6 +129,7 @@ def prune_upto(
             f"{where}: rows {after + 1}-{upto} are not all there ({deleted.rowcount} found); "
             "run verify"
         )
+    recount()
     new_base = ChainBase(upto, str(found[0]), pruned_at)
     conn.execute(
         "INSERT INTO chain_base (id, seq, hash, pruned_at) VALUES (1, ?, ?, ?) "
