@@ -315,10 +315,9 @@ class AuditStore:
     ) -> Iterator[StoredRow]:
         """Every row matching ``filters`` (as :meth:`query`), newest first, unparsed.
 
-        Yields ``(occurred_at, seq, record, hash)`` with ``record`` the
-        event's canonical JSON as stored: for exports, which need not build
-        an event per row. Pages of ``page_size`` rows are read as they are
-        consumed, each under the read lock on its own.
+        Yields ``(occurred_at, seq, record, hash)``, ``record`` being the
+        stored canonical JSON: for exports, which need not build an event per
+        row. Pages of ``page_size`` rows are read as consumed, each on its own.
         """
         limit = check_limit(page_size)
         checked = make_filters(**filters)
@@ -368,19 +367,14 @@ class AuditStore:
         archive: str | os.PathLike[str] | None,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> _prune.PruneResult:
-        """Move the rows older than ``before`` into ``archive``; the store still verifies.
+        """Move the rows older than ``before`` into ``archive``; both files verify.
 
-        ``before`` is a datetime or ISO text, or an age (``timedelta(days=90)``).
-        Rows leave from the start of the chain, in order: those up to the
-        first row that is not older than ``before``. Their hashes are checked
-        as they are copied (a broken chain is not pruned: AuditError, nothing
-        changed). ``archive`` is an audit store file: new, or the archive the
-        last prune wrote, which the rows then extend; ``verify`` checks it on
-        its own. ``archive=None`` deletes the rows without keeping them. The
-        store keeps a base (the last row removed and its hash), so ``verify``
-        of the store still passes and still catches any change to what
-        remains. ``progress(phase, rows_done, rows_total)`` is called as it
-        goes. A keyed store needs its key. See :mod:`~audit_instrument.store.prune`.
+        ``before``: a datetime, ISO text, or an age (``timedelta(days=90)``).
+        ``archive``: a new audit store file, or the one the last prune wrote
+        (extended); ``None`` deletes the rows. Rows leave from the start of the
+        chain, checked as they are copied; a broken chain raises AuditError
+        and nothing changes. ``progress(phase, done, total)`` is called as it
+        goes. See :mod:`~audit_instrument.store.prune`.
         """
         if self.readonly:
             raise AuditConfigError(f"{self._where}: opened read-only; cannot prune")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 from ..errors import AuditConfigError, AuditError
@@ -27,6 +27,8 @@ from .sqlite_activity import activity, activity_rows
 from .sqlite_schema import APPLICATION_ID, SCHEMA_VERSION, create, migrate, schema_problems
 
 __all__ = ["SQLiteBackend"]
+
+T = TypeVar("T")
 
 _INSERT = (
     'INSERT INTO events (seq, occurred_at, action, actor_id, target_id, "group", '
@@ -420,23 +422,20 @@ class SQLiteBackend:
         with self._reading() as conn:
             return sqlite_prune.prunable(conn, before)
 
-    def _own_reader(self) -> sqlite3.Connection:
-        """A read connection for one long read, so queries meanwhile use their own."""
-        conn = self._open("ro")
-        conn.execute("BEGIN")
-        return conn
-
     def archive_rows(self, first: int, last: int) -> Iterator[Row]:
-        conn = self._own_reader()
-        try:
-            yield from sqlite_prune.archive_rows(conn, first, last)
-        finally:
-            conn.close()
+        return self._streamed(sqlite_prune.archive_rows, first, last)
 
     def archive_targets(self, first: int, last: int) -> Iterator[TargetRow]:
-        conn = self._own_reader()
+        return self._streamed(sqlite_prune.archive_targets, first, last)
+
+    def _streamed(
+        self, read: Callable[[sqlite3.Connection, int, int], Iterator[T]], first: int, last: int
+    ) -> Iterator[T]:
+        """``read``'s rows on a connection of their own (queries meanwhile use theirs)."""
+        conn = self._open("ro")
         try:
-            yield from sqlite_prune.archive_targets(conn, first, last)
+            conn.execute("BEGIN")
+            yield from read(conn, first, last)
         finally:
             conn.close()
 
