@@ -294,9 +294,9 @@ class Viewer:
 
     def _record_read(
         self, action: str, reader: Reader, scoped: Scoped, filters: Mapping[str, Any],
-        **metadata: str | int,
+        *, group: str | None = None, **metadata: str | int,
     ) -> None:
-        group = filters.get("group")
+        group = group or filters.get("group")
         if not (group and scoped.allows(group)):
             own = scoped.groups
             if not isinstance(own, AllGroups) and len(own) == 1:
@@ -407,7 +407,7 @@ class Viewer:
         item = scoped.get(key) if key else None
         if item is None:  # missing and not theirs look the same
             return _html(404, _pages.error_page(404, "no such event", request.root))
-        self._record_read("audit_log.view", reader, scoped, {"group": item.event.group},
+        self._record_read("audit_log.view", reader, scoped, {}, group=item.event.group,
                           page="event", event=key)
         page = _pages.event_page(item, request.root, self._badge(scoped, request.root),
                                  everything=scoped.everything)
