@@ -121,6 +121,8 @@ def _create(
             conn.execute("PRAGMA journal_mode = OFF")
             conn.execute("PRAGMA synchronous = OFF")
             conn.execute(f"PRAGMA cache_size = {BULK_CACHE}")  # indexes sorted in memory
+            # each index is built by a scan of the new table: read it mapped, not copied
+            conn.execute(f"PRAGMA mmap_size = {_MAP}")
             conn.execute("BEGIN")
             create(conn, lambda c: _insert(c, rows))
             conn.executemany(_INSERT_TARGET, targets)
@@ -161,6 +163,9 @@ def _append(
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+_MAP = 1 << 32  # bytes of the new archive read through mmap while its indexes are built
 
 
 def _insert(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:

@@ -41,8 +41,10 @@ from .query import Filters, make_filters
 
 __all__ = ["CHUNK", "PruneResult", "prune"]
 
-CHUNK = 20_000
-"""Rows deleted per transaction."""
+CHUNK = 100_000
+"""Rows deleted per transaction: writers wait at most one (a second or two on a large
+store); smaller chunks rewrite the same index pages over and over, and cost up to twice
+as much in all (``benchmarks/bench_viewer.py``, prune)."""
 
 T = TypeVar("T")
 
