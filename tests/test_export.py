@@ -156,3 +156,20 @@ def test_the_export_command_shows_progress_on_a_terminal(tmp_path: Path) -> None
     assert done.returncode == 0
     assert b"exporting: 30/30 (100%)" in shown and b"exported 30 events" in shown
     assert len(out.read_text(encoding="utf-8").splitlines()) == 30
+
+
+@pytest.mark.parametrize("filters", [{}, {"actor": "user_2"}, {"since": "2026-01-01T12:10Z"}])
+def test_csv_formatted_by_worker_processes_is_the_same_file(
+    tmp_path: Path, filters: dict[str, str]
+) -> None:
+    from audit_instrument.viewer.export import parallel_csv_chunks
+
+    db = tmp_path / "audit.db"
+    fill(db, 50)
+    with AuditStore(db, readonly=True) as store:
+        single = b"".join(csv_chunks(store.records(**filters)))
+    counts: list[int] = []
+    shared = b"".join(parallel_csv_chunks(str(db), filters, workers=2, counted=counts.append,
+                                          segment=7))
+    assert shared == single
+    assert counts == sorted(counts) and counts[-1] == len(single.splitlines()) - 1
