@@ -18,8 +18,10 @@ the viewer records its reads and prune deletes.
   chart's 30 days counted by a ``GROUP BY`` scan of the events (what the
   activity counts save).
 - **export**: ``python -m audit_instrument export --format csv|jsonl --out``
-  of the 1M store as a child process: rows/s and its peak RSS (``wait4``);
-  beside it a child that only reads the same rows in the same order.
+  of the 1M store as a child process (CSV both with its worker processes and
+  with ``--jobs 1``): rows/s and the peak RSS of any of its processes
+  (``wait4``); beside it a child that only reads the same rows in the same
+  order.
 - **prune**: on fresh copies of the 2M store per round, in rotating order:
   ``AuditStore.prune`` of the older half into a new archive; and the
   baseline the issue names — one transaction that writes the same rows to
@@ -172,21 +174,28 @@ def _child(args: list[str]) -> tuple[float, int]:
 def export(directory: Path, rows: int, rounds: int) -> None:
     source = _store(directory, rows)
     out = directory / "export.out"
-    found: dict[str, list[tuple[float, int]]] = {"csv": [], "jsonl": [], "read": []}
+    commands = {
+        "csv": ["--format", "csv"],
+        "csv1": ["--format", "csv", "--jobs", "1"],
+        "jsonl": ["--format", "jsonl"],
+    }
+    found: dict[str, list[tuple[float, int]]] = {name: [] for name in [*commands, "read"]}
     for turn in range(rounds):
-        order = ["csv", "jsonl", "read"]
-        for name in order[turn % 3:] + order[:turn % 3]:
+        order = list(found)
+        for name in order[turn % len(order):] + order[:turn % len(order)]:
             if name == "read":
                 args = [sys.executable, "-c", _READ_ONLY, str(source), str(out)]
             else:
                 args = [sys.executable, "-m", "audit_instrument", "export", str(source),
-                        "--format", name, "--out", str(out)]
+                        *commands[name], "--out", str(out)]
             found[name].append(_child(args))
     out.unlink(missing_ok=True)
     print(f"export of {rows:,} rows to a file, child processes, median of {rounds} "
           "(target >= 100,000 rows/s, RSS <= 100 MB):")
     read = statistics.median(t for t, _ in found["read"])
-    for name, label in (("csv", "export --format csv"), ("jsonl", "export --format jsonl"),
+    for name, label in (("csv", "export --format csv"),
+                        ("csv1", "export --format csv --jobs 1"),
+                        ("jsonl", "export --format jsonl"),
                         ("read", "read the rows only (baseline)")):
         seconds = statistics.median(t for t, _ in found[name])
         rss = max(r for _, r in found[name])

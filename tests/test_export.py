@@ -101,7 +101,8 @@ def test_the_export_command_writes_a_private_file_with_the_filters(
 ) -> None:
     db, out = tmp_path / "audit.db", tmp_path / "out.csv"
     fill(db, 40)
-    assert main(["export", str(db), "--format", "csv", "--actor", "user_1", "--out", str(out)]) == 0
+    assert main(["export", str(db), "--format", "csv", "--actor", "user_1", "--out", str(out),
+                 "--jobs", "2"]) == 0
     _, err = capsys.readouterr()
     assert err.strip() == f"exported 10 events to {out} (CSV)"
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
@@ -112,6 +113,7 @@ def test_the_export_command_writes_a_private_file_with_the_filters(
     out_text, err = capsys.readouterr()
     assert err == "" and len(out_text.splitlines()) == 10
     assert main(["export", str(db), "--format", "xml"]) == 2
+    assert main(["export", str(db), "--jobs", "0"]) == 2
     assert main(["export", str(tmp_path / "missing.db")]) == 2
     assert main(["export", str(db), "--out", str(tmp_path / "no" / "such" / "dir.csv")]) == 2
 

@@ -51,6 +51,10 @@ def register(commands: Commands) -> None:
                         help="from this time on (inclusive): a date, a time, or an age: 7d")
     parser.add_argument("--until", metavar="WHEN", type=parse_when, help="before this time")
     parser.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    parser.add_argument(
+        "--jobs", metavar="N", type=int, default=min(os.cpu_count() or 1, _MAX_WORKERS),
+        help="processes formatting CSV (default: the CPUs, at most 4; 1: this one alone)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     """Write the export."""
     from ..viewer.export import csv_chunks, jsonl_chunks, parallel_csv_chunks
 
+    if not 1 <= args.jobs <= 64:
+        raise CommandError(f"--jobs must be from 1 to 64 (got {args.jobs})")
     filters = {name: getattr(args, name) for name in
                ("actor", "action", "target", "group", "since", "until")}
     with open_store(args.db) as store:
@@ -87,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
             written = rows
             progress.update(rows)
 
-        workers = min(os.cpu_count() or 1, _MAX_WORKERS)
-        if args.format == "csv" and workers > 1:  # formatting CSV is the cost: share it
-            pieces = parallel_csv_chunks(args.db, filters, workers=workers, counted=counted)
+        if args.format == "csv" and args.jobs > 1:  # formatting CSV is the cost: share it
+            pieces = parallel_csv_chunks(args.db, filters, workers=args.jobs, counted=counted)
         else:
             pieces = chunks(store.records(**filters), counted=counted)
         try:

@@ -130,7 +130,8 @@ class Scoped:
         """Every matching row, newest first, unparsed (for exports)."""
         wanted = self._targets(filters.get("group"))
         rest = {name: value for name, value in filters.items() if name != "group"}
-        streams = [self.store.records(group=group, **rest) for group in wanted]
+        size = max(200, 5000 // max(len(wanted), 1))  # memory stays flat however many groups
+        streams = [self.store.records(group=group, page_size=size, **rest) for group in wanted]
         if len(streams) == 1:
             return streams[0]
         return heapq.merge(*streams, key=lambda row: (row[0], row[1]), reverse=True)
