@@ -172,9 +172,12 @@ def prune(
     start_hash = GENESIS_HASH if base is None else base.hash
     upto = read(lambda: backend.prunable(before_text))
     path = None if archive is None else Path(archive)
-    older = read(lambda: backend.count(Filters(until=before_text)))
+
+    def older() -> int:  # counted once the old rows are gone: a short index range then
+        return read(lambda: backend.count(Filters(until=before_text)))
+
     if upto <= start:
-        return PruneResult(0, 0, 0, path, older, checkpoint())
+        return PruneResult(0, 0, 0, path, older(), checkpoint())
     seal = read(backend.seal)
     chain = linker(seal)  # raises if the chain is keyed and the key is missing or wrong
     total = upto - start
@@ -206,4 +209,4 @@ def prune(
         done = moved.seq
         if progress is not None:
             progress("pruning", done - start, total)
-    return PruneResult(total, start + 1, upto, path, older - total, checkpoint())
+    return PruneResult(total, start + 1, upto, path, older(), checkpoint())
