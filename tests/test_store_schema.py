@@ -16,6 +16,7 @@ from audit_instrument.store import KEY_ENV, AuditStore, canonical_json
 from audit_instrument.store.backend import NewRow
 from audit_instrument.store.chain import Linker, record_targets
 from audit_instrument.store.sqlite import SQLiteBackend
+from audit_instrument.store.sqlite_schema import SCHEMA_VERSION
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-v1.sqlite"
 FIXTURE_HEAD = "22195b566ae154532e20e4ed670f1240c8c4dcd7d58dc1ebe16f1cbee7bb40c0"
@@ -59,7 +60,7 @@ def test_file_written_by_the_schema_1_code_verifies_read_only(old_file: Path) ->
 
 def test_file_written_by_the_schema_1_code_migrates_and_continues(old_file: Path) -> None:
     with AuditStore(old_file) as store:
-        assert _version(old_file) == 2
+        assert _version(old_file) == SCHEMA_VERSION
         assert store.verify().ok
         assert store.count(target="tweet_0") == 2
         assert store.send(make_event(100)) == 8
@@ -80,7 +81,7 @@ def test_raw_schema_1_store_verifies_migrates_and_keeps_its_hashes(tmp_path: Pat
             found = sorted(s.event.idempotency_key for s in store.iter_events(target=target))
             assert found == expected
         assert store.verify().ok
-    assert _version(db) == 2
+    assert _version(db) == SCHEMA_VERSION
 
 
 def test_schema_1_tampering_is_still_found_read_only(tmp_path: Path) -> None:

@@ -36,7 +36,9 @@ from ._common import CommandError, Commands, Parser, fail
 __all__ = ["CommandError", "Commands", "build_parser", "main"]
 
 PROG = "audit-instrument"
-_ORDER = ("demo", "events", "verify", "checkpoint", "outbox", "send")
+_ORDER = (
+    "demo", "events", "serve", "export", "verify", "checkpoint", "prune", "outbox", "send",
+)
 
 
 def _command_modules() -> list[str]:

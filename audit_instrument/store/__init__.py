@@ -26,13 +26,20 @@ share a file (SQLite's lock orders them; the chain continues from the
 committed head), and a forked child gets connections of its own. An event
 whose idempotency key is already stored is not stored twice.
 
+The store keeps activity counts (events per hour and day, by group and
+action) as it writes, for charts (:meth:`AuditStore.activity`), and can
+move its oldest rows into an archive that is a store file of its own while
+both stay verifiable (:meth:`AuditStore.prune`).
+
 The package: :mod:`.chain` (canonical JSON, hashes, keys), :mod:`.checkpoint`,
 :mod:`.verify` (the walk), :mod:`.query` (filters, pages, cursors),
-:mod:`.backend` (the seam a database implements), :mod:`.sqlite` and
-:mod:`.sqlite_schema` (the SQLite backend), the ``postgres*`` modules (the PostgreSQL
-backend: :mod:`.postgres`, its URL, connections, schema, SQL and verify snapshot, and
-:mod:`.postgres_transaction` for writes inside callers' transactions), :mod:`.audit_store`
-(the front).
+:mod:`.activity` (activity counts), :mod:`.prune` and :mod:`.archive`
+(retention), :mod:`.backend` (the seam a database implements),
+:mod:`.sqlite`, :mod:`.sqlite_schema`, :mod:`.sqlite_activity` and
+:mod:`.sqlite_prune` (the SQLite backend), the ``postgres*`` modules (the
+PostgreSQL backend: :mod:`.postgres`, its URL, connections, schema, SQL and
+verify snapshot, and :mod:`.postgres_transaction` for writes inside callers'
+transactions), :mod:`.audit_store` (the front).
 
 >>> from audit_instrument import configure
 >>> store = AuditStore("audit.db")                      # doctest: +SKIP
@@ -44,10 +51,20 @@ True
 
 from __future__ import annotations
 
+from .activity import ActivityCount
 from .audit_store import AuditStore
 from .backend import Backend
-from .chain import GENESIS_HASH, KEY_ENV, ChainHead, ChainKey, canonical_json, chain_hash
+from .chain import (
+    GENESIS_HASH,
+    KEY_ENV,
+    ChainBase,
+    ChainHead,
+    ChainKey,
+    canonical_json,
+    chain_hash,
+)
 from .checkpoint import Checkpoint
+from .prune import PruneResult
 from .query import MAX_PAGE, Page, StoredEvent
 from .verify import Verification
 
@@ -55,12 +72,15 @@ __all__ = [
     "GENESIS_HASH",
     "KEY_ENV",
     "MAX_PAGE",
+    "ActivityCount",
     "AuditStore",
     "Backend",
+    "ChainBase",
     "ChainHead",
     "ChainKey",
     "Checkpoint",
     "Page",
+    "PruneResult",
     "StoredEvent",
     "Verification",
     "canonical_json",

@@ -11,19 +11,31 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from .. import signals
 from ..delivery.group_commit import GroupCommit
-from ..errors import AuditConfigError, AuditError, DeliveryError
+from ..errors import AuditConfigError, AuditError, AuditValidationError, DeliveryError
 from ..event import AuditEvent, format_timestamp
-from .backend import Backend, NewRow
-from .chain import ChainHead, ChainKey, Linker, Seal, head_text, record_targets, resolve_key
+from . import prune as _prune
+from .activity import ActivityCount, bucket_start, make_activity_query
+from .backend import Backend, NewRow, StoredRow
+from .chain import (
+    ChainBase,
+    ChainHead,
+    ChainKey,
+    Linker,
+    Seal,
+    head_text,
+    record_targets,
+    resolve_key,
+)
 from .checkpoint import Checkpoint
 from .postgres_transaction import Transactions, current_scope
 from .postgres_url import is_postgres_url
@@ -111,6 +123,7 @@ class AuditStore:
         self._transactions: Transactions | None = None
         self.path: Path | None = None
         self.url: str | None = None  # without its password
+        self._address, self._schema = path, schema  # for reopen(); never shown
         if is_postgres_url(path):
             from .postgres import PostgresBackend  # the driver is imported only when needed
 
@@ -154,7 +167,8 @@ class AuditStore:
         seal = self._backend.seal()
         if key is not None and seal is None:
             seal = self._backend.start_seal(
-                key.id, lambda seq, digest: key.mac(head_text(seq, digest))
+                key.id,
+                lambda seq, digest, base=None: key.mac(head_text(seq, digest, base)),
             )
         self._linker(seal)
 
@@ -345,6 +359,101 @@ class AuditStore:
         filters = make_filters(actor, action, target, group, since, until)
         return self._read(lambda: self._backend.count(filters))
 
+    def get(self, idempotency_key: str) -> StoredEvent | None:
+        """The stored event with this idempotency key, or ``None``."""
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise AuditValidationError(
+                "idempotency_key", "must be a non-empty string", idempotency_key
+            )
+        row = self._read(lambda: self._backend.find(idempotency_key))
+        return None if row is None else self._load(row[1], row[2], row[3])
+
+    def records(
+        self, *, page_size: int = 5000, cursor: str | None = None, **filters: Any
+    ) -> Iterator[StoredRow]:
+        """Every row matching ``filters`` (as :meth:`query`), newest first, unparsed.
+
+        Yields ``(occurred_at, seq, record, hash)``, ``record`` being the
+        stored canonical JSON: for exports, which need not build an event per
+        row. Pages of ``page_size`` rows are read as consumed, each on its own.
+        """
+        limit = check_limit(page_size)
+        checked = make_filters(**filters)
+        after = None if cursor is None else decode_cursor(cursor)
+        while True:
+            rows = self._read(partial(self._backend.page, checked, limit, after))
+            yield from rows
+            if len(rows) < limit:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    def activity(
+        self,
+        *,
+        unit: str = "day",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        groups: Iterable[str] | None = None,
+        action: str | None = None,
+    ) -> list[ActivityCount] | None:
+        """Events per hour or day (``unit``) and action, oldest bucket first.
+
+        Read from counts the store keeps as it writes (see
+        :mod:`~audit_instrument.store.activity`), never from the events, so
+        it costs the same at a million rows as at ten. ``groups`` limits the
+        counts to those groups (default: all); the buckets are those
+        overlapping ``[since, until)``. ``None`` when the file keeps no
+        counts (a store of an older schema opened read-only).
+        """
+        query = make_activity_query(unit, since, until, groups, action)
+        found = self._read(lambda: self._backend.activity(query))
+        if found is None:
+            return None
+        return [
+            ActivityCount(bucket_start(bucket, query.unit), name, events)
+            for bucket, name, events in found
+        ]
+
+    def base(self) -> ChainBase | None:
+        """Where the chain starts if rows were pruned from it (``None``: at row 1)."""
+        return self._read(self._backend.base)
+
+    def prune(
+        self,
+        *,
+        before: datetime | str | timedelta,
+        archive: str | os.PathLike[str] | None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> _prune.PruneResult:
+        """Move the rows older than ``before`` into ``archive``; both files verify.
+
+        ``before``: a datetime, ISO text, or an age (``timedelta(days=90)``).
+        ``archive``: a new audit store file, or the one the last prune wrote
+        (extended); ``None`` deletes the rows. Rows leave from the start of the
+        chain, checked as they are copied; a broken chain raises AuditError
+        and nothing changes. ``progress(phase, done, total)`` is called as it
+        goes. See :mod:`~audit_instrument.store.prune`.
+        """
+        if self.readonly:
+            raise AuditConfigError(f"{self._where}: opened read-only; cannot prune")
+        if archive is not None and self.path is not None and _same_file(archive, self.path):
+            raise AuditConfigError(f"{os.fsdecode(archive)}: is the store itself, not an archive")
+        self._check_process()
+        return _prune.prune(
+            self._backend, before=before, archive=archive, key=self._key,
+            linker=self._linker, write_lock=self._write_lock, read=self._read,
+            checkpoint=self.checkpoint, progress=progress,
+        )
+
+    def reopen(self, *, readonly: bool = True) -> AuditStore:
+        """Another handle on this store, with connections of its own and the same key.
+
+        For a long read beside other work: ``verify`` of a large store holds
+        its handle's reader for the whole walk, so a viewer verifies on a
+        second handle while it keeps answering queries on the first.
+        """
+        return AuditStore(self._address, readonly=readonly, key=self._key, schema=self._schema)
+
     def head(self) -> ChainHead:
         """The committed head of the chain: last row number and its hash."""
         seq, digest = self._read(self._backend.head)
@@ -438,6 +547,13 @@ class AuditStore:
         if self.url is not None:
             return f"<AuditStore url={self.url!r}{mode}>"
         return f"<AuditStore path={str(self.path)!r}{mode}>"
+
+
+def _same_file(a: str | os.PathLike[str], b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # missing, or no usable name: not the same file
+        return False
 
 
 # -- fork(): no store is mid-transaction when the process is copied ----------------------

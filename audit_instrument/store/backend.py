@@ -20,6 +20,27 @@ schema, over its own connections:
 * :meth:`Backend.check` — the database's own integrity and schema checks.
 * :meth:`Backend.after_fork` — in a forked child: drop the parent's
   connections, use fresh ones.
+
+For the viewer and retention (``prune``):
+
+* :meth:`Backend.find` — the row of one event, by idempotency key.
+* :meth:`Backend.activity` — events per hour or day by action, from counts
+  the database keeps up to date as rows are written (never a scan of the
+  events); ``None`` when the store has no such counts yet.
+* :meth:`Backend.base` — where a pruned chain starts (``None``: at genesis).
+* :meth:`Backend.prunable` — the last row that may be pruned before a time:
+  rows go in chain order, so it is the row before the first one that is not
+  old enough.
+* :meth:`Backend.archive_rows` / :meth:`Backend.archive_targets` — the rows
+  of a range and their target entries, streamed in ``seq`` order on a
+  connection of their own, for the archive
+  (:func:`~audit_instrument.store.archive.write_archive` writes them to a
+  store file whatever the backend).
+* :meth:`Backend.prune_upto` — one transaction that deletes rows up to one,
+  their target entries and activity counts, and records the new base (and
+  renews the head MAC, which covers the base).
+* :meth:`Snapshot.base` and :meth:`Snapshot.activity` — what ``verify``
+  checks of those.
 """
 
 from __future__ import annotations
@@ -29,10 +50,20 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from .chain import Linker, Seal
+from .activity import ActivityQuery
+from .chain import ChainBase, Linker, Seal
 from .query import Filters
 
-__all__ = ["Backend", "NewRow", "Row", "Snapshot", "StoredRow", "TargetRow"]
+__all__ = [
+    "ActivityRow",
+    "Backend",
+    "HeadSigner",
+    "NewRow",
+    "Row",
+    "Snapshot",
+    "StoredRow",
+    "TargetRow",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +89,16 @@ Row = tuple[int, str, str, str, str, str, str, str, str]
 TargetRow = tuple[int, str, str]
 """``(seq, target_id, occurred_at)`` of the target index."""
 
+ActivityRow = tuple[str, str, str, int]
+"""``(bucket, group, action, events)`` of an activity table: the bucket is the
+stored ``occurred_at`` cut to the hour (``2026-01-31T12``) or the day (``2026-01-31``)."""
+
+
+class HeadSigner(Protocol):
+    """Computes the head MAC of a keyed chain (``base``: where a pruned chain starts)."""
+
+    def __call__(self, seq: int, digest: str, base: ChainBase | None = None) -> str: ...
+
 
 class Snapshot(Protocol):
     """One consistent view of a store, for :meth:`AuditStore.verify`."""
@@ -82,6 +123,14 @@ class Snapshot(Protocol):
         """Committed events not chained yet (written in callers' transactions); 0 if none."""
         ...
 
+    def base(self) -> ChainBase | None:
+        """Where the chain starts, if it was pruned."""
+        ...
+
+    def activity(self, unit: str) -> Iterator[ActivityRow] | None:
+        """The activity counts per ``"hour"`` or ``"day"``, or ``None`` if there are none."""
+        ...
+
 
 class Backend(Protocol):
     """What a database does for :class:`~audit_instrument.store.AuditStore`.
@@ -104,17 +153,22 @@ class Backend(Protocol):
         """The committed key seal, or ``None`` for an unkeyed chain."""
         ...
 
-    def start_seal(self, key_id: str, head_mac: Callable[[int, str], str]) -> Seal:
+    def start_seal(self, key_id: str, head_mac: HeadSigner) -> Seal:
         """Key the chain from the next row on (one transaction); return the seal in force.
 
-        If the chain is keyed already, return its seal unchanged.
+        The head MAC covers the head and, on a pruned chain, its base. If the
+        chain is keyed already, return its seal unchanged.
         """
         ...
 
     def append(
         self, rows: Sequence[NewRow], linker: Callable[[Seal | None], Linker]
     ) -> list[int | None]:
-        """Append ``rows`` in one transaction; their ``seq``, or ``None`` for a duplicate."""
+        """Append ``rows`` in one transaction; their ``seq``, or ``None`` for a duplicate.
+
+        The new head MAC (on a keyed chain) is ``linker.head_mac(seq, hash, base)``
+        with the base read in the same transaction.
+        """
         ...
 
     def transient(self, error: Exception) -> bool:
@@ -141,6 +195,50 @@ class Backend(Protocol):
 
     def check(self) -> list[str]:
         """Problems the database itself finds (integrity, schema); empty when sound."""
+        ...
+
+    def find(self, idempotency_key: str) -> StoredRow | None:
+        """The row of the event with this idempotency key, or ``None``."""
+        ...
+
+    def activity(self, query: ActivityQuery) -> list[tuple[str, str, int]] | None:
+        """``(bucket, action, events)`` summed over the query's groups, in bucket order.
+
+        Read from counts kept as rows are written; ``None`` if the store
+        keeps none (an old schema opened read-only).
+        """
+        ...
+
+    def base(self) -> ChainBase | None:
+        """Where the chain starts if it was pruned; ``None`` if it starts at genesis."""
+        ...
+
+    def prunable(self, before: str) -> int:
+        """The last row ``K`` such that every row after the base up to ``K`` occurred
+        before ``before`` (stored text form); the base's ``seq`` (or 0) if none did."""
+        ...
+
+    def archive_rows(self, first: int, last: int) -> Iterator[Row]:
+        """Rows ``first..last`` in ``seq`` order, read on a connection of their own."""
+        ...
+
+    def archive_targets(self, first: int, last: int) -> Iterator[TargetRow]:
+        """The target entries of rows ``first..last`` beyond each row's first target (an
+        archive indexes first targets itself), read on a connection of their own."""
+        ...
+
+    def prune_upto(
+        self, upto: int, after: int, pruned_at: str, linker: Callable[[Seal | None], Linker]
+    ) -> ChainBase:
+        """Delete rows ``after+1..upto`` in one transaction; return the new base.
+
+        ``after`` is the base's ``seq`` the caller expects (0 at genesis): if
+        another process moved it meanwhile, raise
+        :class:`~audit_instrument.AuditError` and change nothing. The target
+        entries and activity counts of the rows go too; the base becomes row
+        ``upto`` with its hash, and on a keyed chain the head MAC is renewed
+        (``linker.head_mac`` with the new base).
+        """
         ...
 
     def after_fork(self, *, idle: bool) -> None:

@@ -34,6 +34,7 @@ from ..errors import AuditConfigError
 __all__ = [
     "GENESIS_HASH",
     "KEY_ENV",
+    "ChainBase",
     "ChainHead",
     "ChainKey",
     "Linker",
@@ -66,6 +67,20 @@ class ChainHead:
 
     seq: int
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBase:
+    """Where a pruned chain starts: rows up to ``seq`` were moved out (``prune``).
+
+    The first row kept follows ``hash``, the hash of row ``seq``, as row 1
+    follows :data:`GENESIS_HASH`; ``pruned_at`` is when (stored text form).
+    On a keyed chain the head MAC covers the base, so moving it needs the key.
+    """
+
+    seq: int
+    hash: str
+    pruned_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +146,11 @@ def resolve_key(key: str | bytes | ChainKey | None) -> ChainKey | None:
     return ChainKey(key)
 
 
-def head_text(seq: int, digest: str) -> str:
-    """What the head MAC signs."""
-    return f"head.{seq}.{digest}"
+def head_text(seq: int, digest: str, base: ChainBase | None = None) -> str:
+    """What the head MAC signs: the head, and where the chain starts once it was pruned."""
+    if base is None:
+        return f"head.{seq}.{digest}"
+    return f"head.{seq}.{digest}.from.{base.seq}.{base.hash}"
 
 
 class Linker:
@@ -164,11 +181,11 @@ class Linker:
             return self._key.mac(previous + record)
         return chain_hash(previous, record)
 
-    def head_mac(self, seq: int, digest: str) -> str | None:
-        """The MAC of the head ``(seq, digest)``, or ``None`` when the chain is unkeyed."""
+    def head_mac(self, seq: int, digest: str, base: ChainBase | None = None) -> str | None:
+        """The MAC of the head ``(seq, digest)`` (and ``base``), or ``None`` when unkeyed."""
         if self.seal is None or self._key is None:
             return None
-        return self._key.mac(head_text(seq, digest))
+        return self._key.mac(head_text(seq, digest, base))
 
 
 def record_targets(record: Mapping[str, Any]) -> tuple[str, ...]:

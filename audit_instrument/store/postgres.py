@@ -35,8 +35,9 @@ from typing import Any, Literal, TypeVar
 import psycopg
 
 from ..errors import AuditConfigError, AuditError
-from .backend import NewRow, StoredRow
-from .chain import Linker, Seal
+from .activity import ActivityQuery
+from .backend import NewRow, Row, StoredRow, TargetRow
+from .chain import ChainBase, Linker, Seal
 from .postgres_connect import (
     Connection,
     can_flush_apart,
@@ -504,6 +505,34 @@ class PostgresBackend:
         return []
 
     # -- lifetime ------------------------------------------------------------
+
+    # -- retention and the viewer's reads: not implemented for PostgreSQL yet --------------
+    def find(self, idempotency_key: str) -> StoredRow | None:
+        sql = (f'SELECT occurred_at, seq, record, hash FROM "{self.schema}".events '
+               "WHERE idempotency_key = %s")
+        found = self._read(lambda conn: conn.execute(sql, (idempotency_key,)).fetchone())
+        return None if found is None else (str(found[0]), int(found[1]), str(found[2]),
+                                          str(found[3]))
+
+    def activity(self, query: ActivityQuery) -> list[tuple[str, str, int]] | None:
+        return None  # no activity counts kept yet: the viewer's chart says so
+
+    def base(self) -> ChainBase | None:
+        return None
+
+    def prunable(self, before: str) -> int:
+        raise AuditError(f"{self.location}: pruning a PostgreSQL store is not supported yet")
+
+    def archive_rows(self, first: int, last: int) -> Iterator[Row]:
+        raise AuditError(f"{self.location}: pruning a PostgreSQL store is not supported yet")
+
+    def archive_targets(self, first: int, last: int) -> Iterator[TargetRow]:
+        raise AuditError(f"{self.location}: pruning a PostgreSQL store is not supported yet")
+
+    def prune_upto(
+        self, upto: int, after: int, pruned_at: str, linker: Callable[[Seal | None], Linker]
+    ) -> ChainBase:
+        raise AuditError(f"{self.location}: pruning a PostgreSQL store is not supported yet")
 
     def after_fork(self, *, idle: bool) -> None:
         # Never close the parent's connections here, idle or not: libpq would end the

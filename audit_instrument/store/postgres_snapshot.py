@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from .backend import Row, TargetRow
-from .chain import Seal
+from .backend import ActivityRow, Row, TargetRow
+from .chain import ChainBase, Seal
 from .postgres_connect import Connection
 from .postgres_sql import Statements
 
@@ -57,3 +57,9 @@ class Snapshot:
     def pending(self) -> int:
         row = self._conn.execute(self._sql.count_pending).fetchone()
         return int(row[0]) if row else 0
+
+    def base(self) -> ChainBase | None:
+        return None  # not pruned: pruning a PostgreSQL store is not supported yet
+
+    def activity(self, unit: str) -> Iterator[ActivityRow] | None:
+        return None  # no activity counts kept yet

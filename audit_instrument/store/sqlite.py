@@ -14,16 +14,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 from ..errors import AuditConfigError, AuditError
-from .backend import NewRow, Row, StoredRow, TargetRow
-from .chain import Linker, Seal
+from . import sqlite_prune
+from .activity import ActivityQuery
+from .backend import ActivityRow, HeadSigner, NewRow, Row, StoredRow, TargetRow
+from .chain import ChainBase, Linker, Seal
 from .query import Filters
+from .sqlite_activity import activity, activity_rows
 from .sqlite_schema import APPLICATION_ID, SCHEMA_VERSION, create, migrate, schema_problems
 
 __all__ = ["SQLiteBackend"]
+
+T = TypeVar("T")
 
 _INSERT = (
     'INSERT INTO events (seq, occurred_at, action, actor_id, target_id, "group", '
@@ -258,13 +263,13 @@ class SQLiteBackend:
         with self._reading() as conn:
             return _seal(conn)
 
-    def start_seal(self, key_id: str, head_mac: Callable[[int, str], str]) -> Seal:
+    def start_seal(self, key_id: str, head_mac: HeadSigner) -> Seal:
         conn = self._writer()
         with _immediate(conn):
             seal = _seal(conn)
             if seal is None:
                 seq, digest = self._head(conn)
-                seal = Seal(seq + 1, key_id, head_mac(seq, digest))
+                seal = Seal(seq + 1, key_id, head_mac(seq, digest, sqlite_prune.base(conn)))
                 conn.execute(
                     "INSERT INTO chain_seal (id, keyed_from, key_id, head_mac) VALUES (1, ?, ?, ?)",
                     (seal.keyed_from, seal.key_id, seal.head_mac),
@@ -281,13 +286,15 @@ class SQLiteBackend:
         with _immediate(conn):
             # the head and the seal in one statement: a write's fixed cost is its statements
             row = conn.execute(
-                "SELECT c.seq, c.hash, s.keyed_from, s.key_id, s.head_mac FROM chain c "
-                "LEFT JOIN chain_seal s ON s.id = 1 WHERE c.id = 1"
+                "SELECT c.seq, c.hash, s.keyed_from, s.key_id, s.head_mac, "
+                "b.seq, b.hash, b.pruned_at FROM chain c LEFT JOIN chain_seal s ON s.id = 1 "
+                "LEFT JOIN chain_base b ON b.id = 1 WHERE c.id = 1"
             ).fetchone()
             if row is None:
                 self._head(conn)  # raises: the head is missing
             seq, previous = int(row[0]), str(row[1])
             link = linker(None if row[2] is None else Seal(int(row[2]), row[3], row[4]))
+            base = None if row[5] is None else ChainBase(int(row[5]), row[6], row[7])
             execute = conn.execute
             for row in rows:
                 digest = link.link(seq + 1, previous, row.record)
@@ -306,7 +313,7 @@ class SQLiteBackend:
                         _INSERT_TARGET, [(t, row.occurred_at, seq) for t in row.targets[1:]]
                     )
             execute("UPDATE chain SET seq = ?, hash = ? WHERE id = 1", (seq, previous))
-            mac = link.head_mac(seq, previous)
+            mac = link.head_mac(seq, previous, base)
             if mac is not None:
                 execute("UPDATE chain_seal SET head_mac = ? WHERE id = 1", (mac,))
         return seqs
@@ -391,6 +398,62 @@ class SQLiteBackend:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             return [f"schema: {problem}" for problem in schema_problems(conn, version)]
 
+    def find(self, idempotency_key: str) -> StoredRow | None:
+        with self._reading() as conn:
+            row: StoredRow | None = conn.execute(
+                "SELECT occurred_at, seq, record, hash FROM events WHERE idempotency_key = ?",
+                (idempotency_key,),
+            ).fetchone()
+            return row
+
+    def activity(self, query: ActivityQuery) -> list[tuple[str, str, int]] | None:
+        if self._version < 3:
+            return None
+        with self._reading() as conn:
+            return activity(conn, query)
+
+    # -- pruning (see sqlite_prune) -------------------------------------------
+
+    def base(self) -> ChainBase | None:
+        with self._reading() as conn:
+            return sqlite_prune.base(conn)
+
+    def prunable(self, before: str) -> int:
+        with self._reading() as conn:
+            return sqlite_prune.prunable(conn, before)
+
+    def archive_rows(self, first: int, last: int) -> Iterator[Row]:
+        return self._streamed(sqlite_prune.archive_rows, first, last)
+
+    def archive_targets(self, first: int, last: int) -> Iterator[TargetRow]:
+        return self._streamed(sqlite_prune.archive_targets, first, last)
+
+    def _streamed(
+        self, read: Callable[[sqlite3.Connection, int, int], Iterator[T]], first: int, last: int
+    ) -> Iterator[T]:
+        """``read``'s rows on a connection of their own (queries meanwhile use theirs)."""
+        conn = self._open("ro")
+        try:
+            conn.execute("BEGIN")
+            yield from read(conn, first, last)
+        finally:
+            conn.close()
+
+    def prune_upto(
+        self, upto: int, after: int, pruned_at: str, linker: Callable[[Seal | None], Linker]
+    ) -> ChainBase:
+        conn = self._writer()
+        # A deletion touches pages of every index at random: a large page cache for it,
+        # SQLite's default again after (benchmarks/bench_viewer.py, prune).
+        conn.execute(f"PRAGMA cache_size = {sqlite_prune.BULK_CACHE}")
+        try:
+            with _immediate(conn):
+                return sqlite_prune.prune_upto(
+                    conn, upto, after, pruned_at, linker, self.location
+                )
+        finally:
+            conn.execute("PRAGMA cache_size = -2000")
+
     # -- lifetime ------------------------------------------------------------
 
     def after_fork(self, *, idle: bool) -> None:
@@ -446,6 +509,12 @@ class _Snapshot:
 
     def pending(self) -> int:
         return 0  # every write is chained as it commits
+
+    def base(self) -> ChainBase | None:
+        return sqlite_prune.base(self._conn)
+
+    def activity(self, unit: str) -> Iterator[ActivityRow] | None:
+        return activity_rows(self._conn, unit)
 
 
 @contextmanager

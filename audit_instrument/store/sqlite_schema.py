@@ -6,6 +6,11 @@ query by target matches any of them), the trigger that fills it with each
 row's first target — for every writer, including a process still running
 schema-1 code during an upgrade — and ``chain_seal`` (the key seal of a
 keyed chain); the ``events_target`` index gives way to ``event_targets``.
+Schema 3 adds the activity counts (``activity_hour``, ``activity_day``:
+events per hour and per day, by group and action, kept by a trigger as rows
+are written, so a chart never scans the events), an index of
+``event_targets`` by row (so pruning removes a range of rows' entries
+directly) and ``chain_base``, where a pruned chain starts.
 A new file is made by running schema 1 and then every migration, so a new
 store and a migrated one have exactly the same schema.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from functools import cache
 
 from .chain import GENESIS_HASH
@@ -27,7 +33,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x41554454  # "AUDT" in the SQLite header: this file is an audit store
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Schema 1, statement by statement, exactly as the first version wrote it: the
 # schema check compares these texts with the file's.
@@ -83,12 +89,62 @@ END""",
 )""",
         "PRAGMA user_version = 2",
     ),
+    # 2 -> 3: activity counts, target entries by row, the base of a pruned chain.
+    2: (
+        """CREATE TABLE activity_hour (
+    hour TEXT NOT NULL,
+    "group" TEXT NOT NULL,
+    action TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    PRIMARY KEY (hour, "group", action)
+) WITHOUT ROWID""",
+        """CREATE TABLE activity_day (
+    day TEXT NOT NULL,
+    "group" TEXT NOT NULL,
+    action TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    PRIMARY KEY (day, "group", action)
+) WITHOUT ROWID""",
+        """CREATE TRIGGER events_activity AFTER INSERT ON events BEGIN
+    INSERT INTO activity_hour (hour, "group", action, events)
+    VALUES (substr(NEW.occurred_at, 1, 13), NEW."group", NEW.action, 1)
+    ON CONFLICT (hour, "group", action) DO UPDATE SET events = events + 1;
+    INSERT INTO activity_day (day, "group", action, events)
+    VALUES (substr(NEW.occurred_at, 1, 10), NEW."group", NEW.action, 1)
+    ON CONFLICT (day, "group", action) DO UPDATE SET events = events + 1;
+END""",
+        'INSERT INTO activity_hour (hour, "group", action, events) '
+        'SELECT substr(occurred_at, 1, 13), "group", action, count(*) FROM events '
+        "GROUP BY 1, 2, 3",
+        'INSERT INTO activity_day (day, "group", action, events) '
+        'SELECT substr(hour, 1, 10), "group", action, sum(events) FROM activity_hour '
+        "GROUP BY 1, 2, 3",
+        "CREATE INDEX event_targets_seq ON event_targets (seq)",
+        """CREATE TABLE chain_base (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    pruned_at TEXT NOT NULL
+)""",
+        "PRAGMA user_version = 3",
+    ),
 }
 
 
-def create(conn: sqlite3.Connection) -> None:
-    """Make a new store's schema on ``conn`` (inside the caller's transaction)."""
-    for statement in _SCHEMA_1:
+def create(
+    conn: sqlite3.Connection, fill: Callable[[sqlite3.Connection], None] | None = None
+) -> None:
+    """Make a new store's schema on ``conn`` (inside the caller's transaction).
+
+    ``fill``, if given, is called once the ``events`` table exists and before
+    its indexes, triggers and derived tables: rows it inserts are indexed,
+    and their first targets and activity counts filled in, in bulk (how an
+    archive is written).
+    """
+    conn.execute(_SCHEMA_1[0])
+    if fill is not None:
+        fill(conn)
+    for statement in _SCHEMA_1[1:]:
         conn.execute(statement)
     migrate(conn, 1)
 

@@ -1,25 +1,26 @@
 """Verification: walk a store's rows in chain order and name the first that is not intact.
 
 The walk recomputes each row's hash from the one before (keyed rows need
-the key), checks the queried columns and the target index against the
-hashed record, then the chain head (and its MAC on a keyed chain), and, if
-given, a checkpoint taken earlier. The database's own checks (integrity,
+the key), checks the queried columns, the target index and the activity
+counts against the hashed records, then the chain head (and its MAC on a
+keyed chain), and, if given, a checkpoint taken earlier. A pruned chain is
+walked from its base: the first row kept must follow the hash of the last
+row removed. The database's own checks (integrity,
 schema) run before it, in :meth:`AuditStore.verify`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import AuditConfigError
 from ..event import format_timestamp
 from .backend import Snapshot, TargetRow
-from .chain import GENESIS_HASH, KEY_ENV, ChainKey, Linker, record_targets
+from .chain import GENESIS_HASH, KEY_ENV, ChainBase, ChainKey, Linker, record_targets
 from .checkpoint import Checkpoint
 
 __all__ = ["Verification", "walk"]
@@ -37,9 +38,11 @@ class Verification:
     store is intact or the problem is not one row's (the file is damaged, an
     index was dropped, the key does not match). ``reason`` says what is
     wrong (empty when intact); ``rows`` is how many rows were checked and
-    found intact; ``keyed`` whether the chain is keyed (HMAC). ``pending``
-    counts committed events not chained yet (a PostgreSQL store's writes
-    inside callers' transactions, chained within moments): not a problem.
+    found intact; ``keyed`` whether the chain is keyed (HMAC); ``base`` the last
+    row pruned from the chain (0 if none was: the rows checked are
+    ``base + 1`` to ``base + rows``). ``pending`` counts committed events not
+    chained yet (a PostgreSQL store's writes inside callers' transactions,
+    chained within moments): not a problem.
     """
 
     rows: int
@@ -47,6 +50,7 @@ class Verification:
     reason: str = ""
     keyed: bool = False
     pending: int = 0
+    base: int = 0
 
     @property
     def ok(self) -> bool:
@@ -58,8 +62,9 @@ class Verification:
 
     def __str__(self) -> str:
         if self.ok:
+            pruned = f" (rows 1-{self.base} pruned)" if self.base else ""
             waiting = f" ({self.pending} pending)" if self.pending else ""
-            return f"intact: {self.rows} rows{waiting}"
+            return f"intact: {self.rows} rows{pruned}{waiting}"
         if self.bad_row is None:
             return self.reason
         where = "chain head" if self.bad_row == 0 else f"row {self.bad_row}"
@@ -123,14 +128,18 @@ def walk(
     progress: Callable[[int], None] | None = None,
 ) -> Verification:
     """Check every row of ``snapshot``, its head, and ``against`` (see the module)."""
-    result = _walk(snapshot, key, where=where, against=against, progress=progress)
+    base = snapshot.base()
+    result = _walk(snapshot, key, base, where=where, against=against, progress=progress)
+    if base is not None:
+        result = replace(result, base=base.seq)
     pending = snapshot.pending()
-    return dataclasses.replace(result, pending=pending) if pending else result
+    return replace(result, pending=pending) if pending else result
 
 
 def _walk(
     snapshot: Snapshot,
     key: ChainKey | None,
+    base: ChainBase | None,
     *,
     where: str,
     against: Checkpoint | None,
@@ -152,6 +161,12 @@ def _walk(
             )
     if against is not None and against.seq == 0 and against.hash != GENESIS_HASH:
         return Verification(0, 0, "the checkpoint names row 0 with a hash other than genesis")
+    start = 0 if base is None else base.seq
+    if against is not None and base is not None and against.seq <= base.seq:
+        problem = _before_base(against, base)
+        if problem:
+            return Verification(0, None, problem, snapshot.seal() is not None)
+        against = None  # the checkpoint is the base itself: nothing more to check
     seal = snapshot.seal()
     linker = Linker(seal, key, where)
     keyed = seal is not None
@@ -161,12 +176,14 @@ def _walk(
     # walked row by row, to name the first row whose entries are wrong.
     indexed = snapshot.targets(ordered=False) is not None
     expected_sum = expected_entries = 0
-    previous = GENESIS_HASH
-    expected = 1
+    counted = snapshot.activity("hour") is not None  # compared the same way
+    activity_sum = 0
+    previous = GENESIS_HASH if base is None else base.hash
+    expected = start + 1
     link = linker.link
     loads = json.loads
     for seq, *columns, record, digest in snapshot.rows():
-        checked = expected - 1
+        checked = expected - 1 - start
         if seq != expected:
             missing = _rows_named(expected, seq - 1)
             return Verification(checked, expected, f"{missing} missing (deleted)", keyed)
@@ -192,6 +209,8 @@ def _walk(
             for target_id in ids:
                 expected_sum += hash((seq, target_id, occurred_at))
             expected_entries += len(ids)
+        if counted:
+            activity_sum += hash((stored[0][:13], stored[4], stored[1]))
         if against is not None and seq == against.seq and digest != against.hash:
             return Verification(
                 checked, seq,
@@ -207,33 +226,70 @@ def _walk(
     head_problem = _check_head(head, last, previous)
     if head_problem:
         rows, bad_row, reason = head_problem
-        return Verification(rows, bad_row, reason, keyed)
+        return Verification(rows - start, bad_row, reason, keyed)
     if indexed and _index_sum(snapshot) != (expected_sum, expected_entries):
         bad_row, reason = _first_bad_target_row(snapshot)
-        return Verification(min(last, bad_row - 1), bad_row, reason, keyed)
+        return Verification(min(last, bad_row - 1) - start, bad_row, reason, keyed)
+    if counted:
+        problem = _activity_problem(snapshot, activity_sum, last - start)
+        if problem:
+            return Verification(last - start, None, problem, keyed)
     if against is not None and last < against.seq:
         return Verification(
-            last, last + 1,
+            last - start, last + 1,
             f"{_rows_named(last + 1, against.seq)} missing: the checkpoint of "
             f"{_when(against)} names row {against.seq} (cut off the end)", keyed,
         )
     if seal is not None and last < seal.keyed_from - 1:
         return Verification(
-            last, last + 1,
+            last - start, last + 1,
             f"{_rows_named(last + 1, seal.keyed_from - 1)} missing: the chain was keyed "
             f"after row {seal.keyed_from - 1} (cut off the end)", keyed,
         )
-    expected_mac = linker.head_mac(last, previous)
+    expected_mac = linker.head_mac(last, previous, base)
     if expected_mac is not None and not hmac.compare_digest(
         expected_mac, seal.head_mac if seal else ""
     ):
         return Verification(
-            last, 0, "its MAC does not match: the head was moved (rows cut off the end or "
-            "rewritten), or the seal was edited", keyed,
+            last - start, 0, "its MAC does not match: the head or the prune base was moved "
+            "(rows cut off either end, or rewritten), or the seal was edited", keyed,
         )
     if progress is not None:
         progress(last)
-    return Verification(last, keyed=keyed)
+    return Verification(last - start, keyed=keyed)
+
+
+def _before_base(against: Checkpoint, base: ChainBase) -> str:
+    """Why a checkpoint at or before the base of a pruned chain fails ("" if it holds)."""
+    if against.seq == base.seq:
+        if hmac.compare_digest(against.hash, base.hash):
+            return ""
+        return (f"the checkpoint of {_when(against)} names row {against.seq} with another hash "
+                "than the prune base records: rows up to it were rewritten")
+    return (f"the checkpoint names row {against.seq}, but rows up to {base.seq} were pruned "
+            f"(on {base.pruned_at[:10]}): verify the archive they were moved to against it")
+
+
+def _activity_problem(snapshot: Snapshot, row_sum: int, rows: int) -> str:
+    """Why the activity counts disagree with the rows ("" if they agree).
+
+    Compared as order-free sums, like the target index: each count adds
+    ``events * hash(bucket, group, action)``.
+    """
+    hour_sum = hour_total = roll_sum = 0
+    for hour, group, action, events in snapshot.activity("hour") or ():
+        hour_sum += events * hash((hour, group, action))
+        roll_sum += events * hash((hour[:10], group, action))
+        hour_total += events
+    if (hour_sum, hour_total) != (row_sum, rows):
+        return (f"the activity counts per hour were edited: they count {hour_total} events "
+                f"in other hours, groups or actions than the {rows} rows")
+    day_sum = 0
+    for day, group, action, events in snapshot.activity("day") or ():
+        day_sum += events * hash((day, group, action))
+    if day_sum != roll_sum:
+        return "the activity counts per day were edited: they disagree with the counts per hour"
+    return ""
 
 
 def _edited_column(columns: list[Any], stored: tuple[Any, ...]) -> str:

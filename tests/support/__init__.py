@@ -7,6 +7,8 @@
 - :mod:`support.workos_server` — the fake WorkOS server itself (also a script)
 - :mod:`support.store` — fill an audit store, tamper with it behind its back
 - :mod:`support.postgres` — a throwaway PostgreSQL cluster, a schema per test
+- :mod:`support.viewer` — a two-tenant store with hostile values, who may read what
+- :mod:`support.browser` — headless Chromium (Debian's) driven by Playwright
 
 Fixtures live in ``tests/conftest.py``.
 """

@@ -72,8 +72,27 @@ def _has_targets(conn: sqlite3.Connection) -> bool:
     return found is not None
 
 
+def recount(conn: sqlite3.Connection) -> None:
+    """Make the activity counts (schema 3) agree with the rows again, as an intruder would."""
+    found = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'activity_hour'").fetchone()
+    if found is None:
+        return
+    conn.execute("DELETE FROM activity_hour")
+    conn.execute("DELETE FROM activity_day")
+    conn.execute(
+        'INSERT INTO activity_hour (hour, "group", action, events) '
+        'SELECT substr(occurred_at, 1, 13), "group", action, count(*) FROM events GROUP BY 1, 2, 3'
+    )
+    conn.execute(
+        'INSERT INTO activity_day (day, "group", action, events) '
+        'SELECT substr(hour, 1, 10), "group", action, sum(events) FROM activity_hour '
+        "GROUP BY 1, 2, 3"
+    )
+
+
 def cut_and_rewrite_head(path: Path, keep: int) -> None:
-    """Delete every row after ``keep`` (and its target entries); point the head at row ``keep``."""
+    """Delete every row after ``keep`` (and its target entries and activity counts); point
+    the head at row ``keep``."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         last = conn.execute("SELECT hash FROM events WHERE seq = ?", (keep,)).fetchone()
@@ -83,6 +102,7 @@ def cut_and_rewrite_head(path: Path, keep: int) -> None:
             conn.execute("DELETE FROM event_targets WHERE seq > ?", (keep,))
         conn.execute("UPDATE chain SET seq = ?, hash = ?",
                      (keep, last[0] if last else "0" * 64))
+        recount(conn)
         conn.execute("COMMIT")
     finally:
         conn.close()
