@@ -235,3 +235,24 @@ def test_handle_repr_and_result_value(server: WorkOSServer, make_workos: MakeWor
     assert handle.done() and handle.delivered
     assert repr(handle) == "<DeliveryHandle user.login delivered>"
     assert json.loads(server.requests[0].body)["action"] == "user.login"
+
+
+def test_send_reports_an_event_the_legacy_format_cannot_carry(
+    server: WorkOSServer, make_workos: MakeWorkOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """configure()'s path never raises: the refusal is reported, counted and logged once."""
+    from audit_instrument import Target, signals, stats
+
+    workos = make_workos(api="events")
+    failed: list[Any] = []
+    signals.event_failed.connect(lambda event, **kw: failed.append(kw), weak=False)
+    two_targets = make_event(1, target_id=None, target_name=None,
+                             targets=[Target("tweet_1", "t"), Target("user_2", "u")])
+    with caplog.at_level(logging.ERROR, "audit_instrument"):
+        assert workos.send(two_targets) is None
+        assert workos.send(two_targets) is None
+    assert [kw["destination"] for kw in failed] == [workos, workos]
+    assert "targets" in str(failed[0]["error"])
+    assert len([r for r in caplog.records if "could not queue" in r.getMessage()]) == 1
+    assert list(stats().senders.values())[0].failed == 2
+    assert workos.flush(5) == 0 and server.accepted_count == 0

@@ -52,6 +52,7 @@ from ..delivery.retry import RetryPolicy
 from ..errors import AuditConfigError, AuditValidationError
 from ..event import AuditEvent
 from ..rules import MetadataValue
+from ._queued import QueuedSender
 from .workos import _library_version
 
 __all__ = ["DEFAULT_BATCH_SIZE", "SCOPE_NAME", "OTelLogSender", "record_attributes"]
@@ -183,7 +184,7 @@ class _ExporterChannel:
 
 
 # -- the sender ------------------------------------------------------------------------------------
-class OTelLogSender:
+class OTelLogSender(QueuedSender):
     """Send each audit event as an OpenTelemetry log record, with our delivery guarantees.
 
     ``exporter``: any OpenTelemetry ``LogRecordExporter``; ``None`` makes the
@@ -260,17 +261,7 @@ class OTelLogSender:
             retry=retry, outbox=outbox, atexit_timeout=atexit_timeout,
         )
 
-    # -- public API ------------------------------------------------------------------------
-    @property
-    def engine(self) -> DeliveryEngine:
-        """The delivery engine (counters ``delivered``, ``failed``, ``dropped``)."""
-        return self._engine
-
-    @property
-    def outbox(self) -> Outbox | None:
-        """The durable outbox, when one was given."""
-        return self._engine.outbox
-
+    # -- public API (engine, outbox, send, flush, shutdown: QueuedSender) ----------------------
     def create_event(self, event: AuditEvent | Mapping[str, Any]) -> DeliveryHandle:
         """Queue ``event`` (an :class:`AuditEvent` or a mapping like its ``to_record()``).
 
@@ -291,31 +282,11 @@ class OTelLogSender:
         handles = self._engine.submit_many(checked)
         return [self._watch(event, handle) for event, handle in zip(checked, handles)]
 
-    def send(self, event: AuditEvent) -> DeliveryHandle | None:
-        """What :func:`~audit_instrument.configure` connects: ``create_event`` that never raises."""
-        try:
-            return self.create_event(event)
-        except Exception:
-            logger.exception("audit_instrument: OTelLogSender could not queue event %s",
-                             getattr(event, "action", event))
-            return None
-
-    def flush(self, timeout: float | None = None) -> int:
-        """Wait up to ``timeout`` seconds for queued events; return how many are left."""
-        return self._engine.flush(timeout)
-
-    def shutdown(self, timeout: float | None = None) -> int:
-        """Flush up to ``timeout`` seconds, stop, shut the exporter down; return how many
-        events were not delivered (with an outbox they stay pending on disk)."""
-        remaining = self._engine.shutdown(timeout)
+    def _stopped(self) -> None:
         self._close_exporter()
-        return remaining
 
     def __enter__(self) -> OTelLogSender:
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown(self._engine.atexit_timeout)
 
     def __repr__(self) -> str:
         durable = " outbox" if self._engine.outbox is not None else ""

@@ -37,6 +37,7 @@ from ..delivery.retry import RetryPolicy
 from ..errors import AuditConfigError, AuditValidationError
 from ..event import AuditEvent
 from ..rules import check_legacy
+from ._queued import QueuedSender
 from .workos_exports import AuditLogExport, WorkOSExports
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_REQUESTS_PER_SECOND", "WorkOS"]
@@ -109,7 +110,7 @@ def _as_event(event: AuditEvent | Mapping[str, Any], api: str = "audit_logs") ->
     return event
 
 
-class WorkOS:
+class WorkOS(QueuedSender):
     """Send audit events to WorkOS in the background, with retries.
 
     ``api_key`` defaults to the ``WORKOS_API_KEY`` environment variable.
@@ -191,17 +192,7 @@ class WorkOS:
             retry=retry, outbox=outbox, atexit_timeout=atexit_timeout, transport=transport,
         )
 
-    # -- public API ------------------------------------------------------------------------
-    @property
-    def engine(self) -> DeliveryEngine:
-        """The delivery engine (counters ``delivered``, ``failed``, ``dropped``)."""
-        return self._engine
-
-    @property
-    def outbox(self) -> Outbox | None:
-        """The durable outbox, when one was given."""
-        return self._engine.outbox
-
+    # -- public API (engine, outbox, send, flush, shutdown: QueuedSender) ----------------------
     def create_event(self, event: AuditEvent | Mapping[str, Any]) -> DeliveryHandle:
         """Queue ``event`` (an :class:`AuditEvent` or a legacy ``/events`` dict); return at once.
 
@@ -228,23 +219,6 @@ class WorkOS:
         0
         """
         return self._engine.submit_many([_as_event(event, self.api) for event in events])
-
-    def send(self, event: AuditEvent) -> DeliveryHandle | None:
-        """What :func:`~audit_instrument.configure` connects: ``create_event`` that never raises."""
-        try:
-            return self._engine.submit(event)
-        except Exception:
-            logger.exception("audit_instrument: WorkOS could not queue event %s",
-                             getattr(event, "action", event))
-            return None
-
-    def flush(self, timeout: float | None = None) -> int:
-        """Wait up to ``timeout`` seconds for queued events; return how many are left."""
-        return self._engine.flush(timeout)
-
-    def shutdown(self, timeout: float | None = None) -> int:
-        """Flush up to ``timeout`` seconds, then stop; return how many were not delivered."""
-        return self._engine.shutdown(timeout)
 
     # -- audit-log exports (workos_exports.py) -------------------------------------------------
     def create_export(self, organization_id: str, range_start: datetime | str,
@@ -282,9 +256,6 @@ class WorkOS:
 
     def __enter__(self) -> WorkOS:
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.shutdown(self._engine.atexit_timeout)
 
     def __repr__(self) -> str:
         durable = " outbox" if self._engine.outbox is not None else ""
