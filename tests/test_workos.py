@@ -254,5 +254,6 @@ def test_send_reports_an_event_the_legacy_format_cannot_carry(
     assert [kw["destination"] for kw in failed] == [workos, workos]
     assert "targets" in str(failed[0]["error"])
     assert len([r for r in caplog.records if "could not queue" in r.getMessage()]) == 1
-    assert list(stats().senders.values())[0].failed == 2
+    [(_, sender_stats)] = stats().senders.items()
+    assert sender_stats.failed == 2
     assert workos.flush(5) == 0 and server.accepted_count == 0
