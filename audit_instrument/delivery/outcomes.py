@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import _stats as stats
 from .. import signals
 from ..errors import DeliveryError
 from ..event import AuditEvent
@@ -23,9 +24,6 @@ from .jobs import Job, JobQueue
 from .retry import RetryPolicy
 
 __all__ = ["Outcomes"]
-
-logger = logging.getLogger("audit_instrument")
-
 
 class Outcomes:
     """Settles jobs of ``jobs`` delivering to ``destination`` (see the module docstring)."""
@@ -50,8 +48,12 @@ class Outcomes:
         else:
             self.backlog.keep(job, self.retry.max_backoff)
         self.jobs.finish(failed=1)
-        logger.warning("audit_instrument: event %s (%s) not delivered: %s",
-                       job.event.action, job.event.idempotency_key, error)
+        kind = f"HTTP {error.status}" if error.status is not None else type(error).__name__
+        stats.note_failure(
+            f"{type(self.destination).__name__} gave up: {kind}",
+            f"event {job.event.action} ({job.event.idempotency_key}) not delivered: {error}",
+            level=logging.WARNING,
+        )
         self.gave_up(job.event, job.handle, error)
 
     def expired(self, job: Job, error: DeliveryError) -> None:
