@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from audit_instrument.cli._progress import Progress, track
+from audit_instrument._progress import Progress, track
 
 
 class _Clock:

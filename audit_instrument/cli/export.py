@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
+from .._progress import Progress
 from ._common import (
     CommandError,
     Commands,
@@ -22,7 +23,6 @@ from ._common import (
     open_store,
     parse_when,
 )
-from ._progress import Progress
 
 __all__ = ["register", "run"]
 

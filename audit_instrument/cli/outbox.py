@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from .._progress import Progress
 from ..delivery.outbox import Outbox
 from ._common import CommandError, Commands, page_size
-from ._progress import Progress
 from ._table import show_value
 
 __all__ = ["DEFAULT_OUTBOX", "register", "run"]

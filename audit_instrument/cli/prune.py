@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC
 
+from .._progress import Progress
 from ._common import (
     CommandError,
     Commands,
@@ -19,7 +20,6 @@ from ._common import (
     open_store,
     parse_when,
 )
-from ._progress import Progress
 
 __all__ = ["register", "run"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._progress import Progress
 from ._common import Commands, add_db_argument, add_key_argument, display_path, open_store
-from ._progress import Progress
 
 __all__ = ["register", "run"]
 

@@ -269,7 +269,7 @@ class WorkOSExports:
             wait = min(wait * 1.5, 10.0)
 
     def _fetch(self, export: AuditLogExport, target: Path, progress: bool | None) -> None:
-        from ..cli._progress import Progress  # the one progress display of the package
+        from .._progress import Progress
 
         assert export.url is not None
         try:
