@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     insert,
+    inspect,
     select,
     update,
 )
@@ -327,6 +328,33 @@ def test_bad_declarations_fail_at_once() -> None:
 
 
 # -- bulk statements ------------------------------------------------------------------------------
+def test_a_bulk_statement_before_any_query_is_recorded(
+    tmp_path: Path, events: CapturedEvents
+) -> None:
+    """The first ORM statement of a process may run before SQLAlchemy has configured the
+    mappers (no object made, no query yet): audit_model takes effect for it all the same."""
+
+    class Fresh(DeclarativeBase):
+        pass
+
+    class Note(Fresh):
+        __tablename__ = "notes"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str]
+
+    audit_model(Note)
+    engine = create_engine(f"sqlite:///{tmp_path / 'notes.db'}")
+    Fresh.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(Note.__table__.insert(), [{"text": "a"}])
+    assert not inspect(Note).configured
+    with Session(engine) as session:
+        session.execute(update(Note).values(text="b"))
+        session.commit()
+    engine.dispose()
+    assert dict(events.one(target_id="note_1").metadata) == {"text_was": "a", "text": "b"}
+
+
 def test_a_bulk_update_of_50_rows_gives_50_events_with_before_and_after(
     engine: Engine, events: CapturedEvents
 ) -> None:

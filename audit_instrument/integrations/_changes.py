@@ -45,6 +45,7 @@ from ..rules import (
     is_masked,
     validate_action,
 )
+from ..store.postgres_transaction import outside_block, transaction_connection
 
 __all__ = [
     "PART_KEY",
@@ -55,8 +56,10 @@ __all__ = [
     "created",
     "deleted",
     "emit_all",
+    "emit_in_transaction",
     "id_text",
     "id_texts",
+    "in_caller_transaction",
     "metadata_value",
     "net_changes",
     "snake_case",
@@ -472,6 +475,40 @@ def capturing() -> bool:
 
 
 def emit_all(events: Iterable[AuditEvent]) -> None:
-    """Hand committed events to the senders, in order."""
+    """Hand the events of committed work to the senders, in order.
+
+    Straight to them even inside an ``in_transaction`` block: the work has
+    committed, and the block's transaction (another one, or a later one on
+    the same connection) is not theirs.
+    """
+    with outside_block():
+        for event in events:
+            signals.emit_built(event)
+
+
+def emit_in_transaction(events: Iterable[AuditEvent]) -> None:
+    """Emit the events of a change made in the transaction an ``in_transaction`` block writes
+    in (see :func:`in_caller_transaction`): the block writes them there."""
     for event in events:
         signals.emit_built(event)
+
+
+def in_caller_transaction(driver: Callable[[], object]) -> bool:
+    """Whether events emitted now are written in the transaction of the change just made.
+
+    True inside ``store.in_transaction(conn)`` (a PostgreSQL store) when
+    ``conn`` writes through the DB-API connection ``driver()`` returns —
+    the one the change was made through, so the same open transaction.
+    Each ORM's ``_hold`` then emits the change's events at once
+    (:func:`emit_in_transaction`) instead of holding them for the commit:
+    the block writes them in that transaction, and a rollback or a savepoint
+    rollback undoes them with the change. ``driver`` is called only inside a
+    block.
+    """
+    target = transaction_connection()
+    if target is None:
+        return False
+    try:
+        return driver() is target
+    except Exception:  # no connection to be found: the events wait for the commit as usual
+        return False

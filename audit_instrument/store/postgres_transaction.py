@@ -49,7 +49,14 @@ if TYPE_CHECKING:
     from .audit_store import AuditStore
     from .postgres import PostgresBackend
 
-__all__ = ["CHECK_MAX", "POLL", "Transactions", "current_scope"]
+__all__ = [
+    "CHECK_MAX",
+    "POLL",
+    "Transactions",
+    "current_scope",
+    "outside_block",
+    "transaction_connection",
+]
 
 logger = logging.getLogger("audit_instrument")
 
@@ -65,13 +72,16 @@ POLL = 1.0
 
 Insert = Callable[[str, str], tuple[int, str]]
 """Run the pending-row ``INSERT`` (SQL, record) on the caller's connection: ``(id, xid)``."""
+Driver = Callable[[], object]
+"""The DB-API (psycopg) connection the caller's connection writes through, when asked
+(``None`` while it has none)."""
 
 
 def _module(name: str) -> Any:
     return sys.modules.get(name)
 
 
-def _psycopg_insert(conn: Any) -> Insert:
+def _psycopg_insert(conn: Any) -> tuple[Insert, Driver]:
     if type(conn).__name__.startswith("Async"):
         raise AuditConfigError(
             "in_transaction() takes a synchronous psycopg Connection, not an AsyncConnection"
@@ -82,7 +92,7 @@ def _psycopg_insert(conn: Any) -> Insert:
         row = conn.execute(sql, (record,)).fetchone()
         return int(row[0]), str(row[1])
 
-    return insert
+    return insert, lambda: conn
 
 
 def _check_psycopg_transaction(conn: Any) -> None:
@@ -98,7 +108,7 @@ def _check_psycopg_transaction(conn: Any) -> None:
         )
 
 
-def _sqlalchemy_insert(conn: Any, *, session: bool) -> Insert:
+def _sqlalchemy_insert(conn: Any, *, session: bool) -> tuple[Insert, Driver]:
     def insert(sql: str, record: str) -> tuple[int, str]:
         connection = conn.connection() if session else conn  # begins the session's transaction
         if connection.dialect.name != "postgresql":
@@ -110,10 +120,16 @@ def _sqlalchemy_insert(conn: Any, *, session: bool) -> Insert:
         row = connection.exec_driver_sql(sql, (record,)).fetchone()  # autobegins if needed
         return int(row[0]), str(row[1])
 
-    return insert
+    def driver() -> object:
+        if session and not conn.in_transaction():  # don't begin one just to be asked
+            return None
+        connection = conn.connection() if session else conn
+        return connection.connection.driver_connection
+
+    return insert, driver
 
 
-def _django_insert(conn: Any) -> Insert:
+def _django_insert(conn: Any) -> tuple[Insert, Driver]:
     def insert(sql: str, record: str) -> tuple[int, str]:
         if conn.vendor != "postgresql":
             raise AuditConfigError(
@@ -129,11 +145,12 @@ def _django_insert(conn: Any) -> Insert:
             row = cursor.fetchone()
         return int(row[0]), str(row[1])
 
-    return insert
+    return insert, lambda: conn.connection
 
 
-def caller_insert(conn: object) -> Insert:
-    """How to write a pending row through ``conn``; AuditConfigError for what is not supported."""
+def caller_insert(conn: object) -> tuple[Insert, Driver]:
+    """How to write a pending row through ``conn``, and how to find the DB-API connection it
+    writes through; AuditConfigError for what is not supported."""
     psycopg = _module("psycopg")
     if psycopg is not None and isinstance(conn, psycopg.Connection | psycopg.AsyncConnection):
         return _psycopg_insert(conn)
@@ -176,6 +193,7 @@ class _Block:
     store: AuditStore
     conn: object
     insert: Insert
+    driver: Driver
     sql: str
     written: dict[str, list[_Written]] = field(default_factory=dict)  # by transaction id
     failures: list[Exception] = field(default_factory=list)
@@ -223,6 +241,49 @@ _scope: ContextVar[_Block | _HandingOn | None] = ContextVar(
 def current_scope() -> _Block | _HandingOn | None:
     """The ``in_transaction`` block (or hand-on) this context is in, if any."""
     return _scope.get()
+
+
+def transaction_connection() -> object | None:
+    """The DB-API (psycopg) connection the ``in_transaction`` block of this context writes
+    through; ``None`` outside a block (or while its connection has none).
+
+    The seam for ORM capture: a change made through this same connection
+    belongs to the transaction the block writes in, so its events are
+    emitted at once — the block writes them there, and a rollback (or a
+    savepoint rollback) undoes them with the change — instead of being held
+    for the commit. Asking never begins a transaction.
+    """
+    scope = _scope.get()
+    if not isinstance(scope, _Block):
+        return None
+    try:
+        return scope.driver()
+    except Exception:  # a closed or failed connection: nothing is written through it
+        return None
+
+
+@contextmanager
+def outside_block() -> Iterator[None]:
+    """Events emitted inside go to the senders at once, as if no ``in_transaction`` block
+    were open in this context.
+
+    For work that has committed already — ORM capture hands on the events
+    of a committed transaction this way: the block's transaction is not
+    theirs, and tying them to it would lose them if it rolled back.
+    """
+    if not isinstance(_scope.get(), _Block):
+        yield
+        return
+    token = _scope.set(None)
+    try:
+        with signals.divert(_to_senders):
+            yield
+    finally:
+        _scope.reset(token)
+
+
+def _to_senders(event: AuditEvent) -> None:
+    signals.dispatch(signals.event_emitted, event)
 
 
 # -- the watcher: outcomes, chaining, handing on ------------------------------------------
@@ -275,10 +336,10 @@ class Transactions:
             )
         if self._closed:
             raise AuditError(f"{self._where}: the store is closed")
-        insert = caller_insert(conn)
+        insert, driver = caller_insert(conn)
         store = self._store_ref()
         assert store is not None  # the caller holds it
-        block = _Block(store, conn, insert, self._backend.insert_pending)
+        block = _Block(store, conn, insert, driver, self._backend.insert_pending)
         token = _scope.set(block)
         try:
             with signals.divert(block.take):
