@@ -17,16 +17,13 @@ import pytest
 from sqlalchemy import Column, ForeignKey, Table, create_engine, delete, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-from support.orm_postgres import MODES, Recording, app_schema, lock_waiters
+from support.orm_postgres import MODES, Recording, app_schema, lock_waiters, recording
 from support.postgres import Cluster, PgSchema
 from support.waiting import wait_for
 
-from audit_instrument import AuditEvent, audit, audit_actor, configure
+from audit_instrument import AuditEvent, audit, audit_actor
 from audit_instrument.integrations.sqlalchemy import audit_model
-from audit_instrument.store import AuditStore
 from audit_instrument.testing import capture_events
-
-ACTOR = {"id": "user_1", "email": "ada@example.com"}
 
 
 class Base(DeclarativeBase):
@@ -75,27 +72,18 @@ def _empty_tables(engine: Engine) -> None:
         conn.execute(text("TRUNCATE tweet_tags, tweets, tags RESTART IDENTITY"))
 
 
-def _recording(mode: str, pg: PgSchema) -> Iterator[Recording]:
-    store = AuditStore(pg.url)
-    configure(store)
-    try:
-        with capture_events() as others, audit_actor(ACTOR, group="org_1"):
-            yield Recording(mode, store, pg, others)
-    finally:
-        configure()
-        store.close()
-
-
 @pytest.fixture(params=MODES)
 def rec(request: pytest.FixtureRequest, pg: PgSchema) -> Iterator[Recording]:
     """The test's changes recorded one way, then the other."""
-    yield from _recording(request.param, pg)
+    with recording(request.param, pg) as made:
+        yield made
 
 
 @pytest.fixture
 def txn(pg: PgSchema) -> Iterator[Recording]:
     """The test's changes recorded inside ``store.in_transaction``."""
-    yield from _recording("in_transaction", pg)
+    with recording("in_transaction", pg) as made:
+        yield made
 
 
 def _shapes(events: list[AuditEvent]) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -264,7 +252,7 @@ def test_another_connection_commits_on_its_own_inside_a_block(
             session.flush()
             other.commit()
             session.rollback()
-    [event] = txn.events(1)
+    [event] = txn.events(1, transactional=False)
     assert event.metadata["body"] == "another connection's"
 
 

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
-from audit_instrument import AuditEvent
+from audit_instrument import AuditEvent, audit_actor, configure, signals
 from audit_instrument.store import AuditStore
-from audit_instrument.testing import CapturedEvents
+from audit_instrument.testing import CapturedEvents, capture_events
 
 from .postgres import Cluster, PgSchema
 from .waiting import wait_for
 
-__all__ = ["MODES", "Recording", "app_schema", "lock_waiters"]
+__all__ = ["ACTOR", "MODES", "Recording", "app_schema", "lock_waiters", "recording"]
 
 MODES = ("after_commit", "in_transaction")
+ACTOR = {"id": "user_1", "email": "ada@example.com"}
 
 
 class Recording:
@@ -43,6 +45,11 @@ class Recording:
         self.store = store
         self.pg = pg
         self.others = others  # a sender beside the store
+        self.threads: dict[str, str] = {}  # idempotency key -> the thread that handed it on
+        signals.event_emitted.connect(self._note_thread, weak=False)
+
+    def _note_thread(self, event: AuditEvent, **kwargs: object) -> None:
+        self.threads[event.idempotency_key] = threading.current_thread().name
 
     @property
     def transactional(self) -> bool:
@@ -62,12 +69,15 @@ class Recording:
         assert transactions is not None
         return not transactions._held and self.pending() == 0
 
-    def events(self, count: int) -> list[AuditEvent]:
+    def events(self, count: int, *, transactional: bool | None = None) -> list[AuditEvent]:
         """The ``count`` events recorded so far, once they are all stored and handed on.
 
         Checks that the store holds exactly the events the other sender got,
         each once and in the chain's order, that nothing is pending and that
-        ``verify`` passes.
+        ``verify`` passes; and that they went the way of the mode (or of
+        ``transactional``): written in the transaction, so handed on by the
+        store's chaining thread once it learnt of the commit, or emitted by
+        the test's own thread at the commit.
         """
         wait_for(lambda: len(self.others.events) >= count, timeout=15)
         wait_for(self._settled, timeout=15)
@@ -79,12 +89,29 @@ class Recording:
         assert len(got) == count, [event.action for event in got]
         result = self.store.verify()
         assert result.ok and result.pending == 0 and result.rows == count, str(result)
+        chained = {key: self.threads[key].startswith("audit-instrument-chain") for key in keys}
+        expected = self.transactional if transactional is None else transactional
+        assert set(chained.values()) <= {expected}, chained
         return got
 
     def nothing(self) -> None:
         """Nothing was recorded, and nothing waits to be."""
         wait_for(self._settled, timeout=15)
         assert self.others.events == [] and self.store.count() == 0
+
+
+@contextlib.contextmanager
+def recording(mode: str, pg: PgSchema) -> Iterator[Recording]:
+    """A store on ``pg`` configured as a sender, another sender beside it, and :data:`ACTOR`
+    (group ``org_1``) as the actor of the block."""
+    store = AuditStore(pg.url)
+    configure(store)
+    try:
+        with capture_events() as others, audit_actor(ACTOR, group="org_1"):
+            yield Recording(mode, store, pg, others)
+    finally:
+        configure()
+        store.close()
 
 
 @contextlib.contextmanager
