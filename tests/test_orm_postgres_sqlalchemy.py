@@ -9,7 +9,9 @@ other senders once it has committed. Both must record the same events.
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,11 +19,12 @@ import pytest
 from sqlalchemy import Column, ForeignKey, Table, create_engine, delete, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from support.docs import python_blocks
 from support.orm_postgres import MODES, Recording, app_schema, lock_waiters, recording
 from support.postgres import Cluster, PgSchema
 from support.waiting import wait_for
 
-from audit_instrument import AuditEvent, audit, audit_actor
+from audit_instrument import AuditEvent, audit, audit_actor, configure
 from audit_instrument.integrations.sqlalchemy import audit_model
 from audit_instrument.testing import capture_events
 
@@ -333,3 +336,42 @@ def test_concurrent_bulk_updates_of_the_same_rows_see_each_others_values(
     print([(e.actor_id, dict(e.metadata)) for e in captured.events])
     assert sorted(by_actor["first"]) == [(i, i + 10) for i in range(5)]
     assert sorted(by_actor["second"]) == [(i + 10, i + 20) for i in range(5)]
+
+
+def test_a_session_bound_to_the_blocks_connection_writes_in_its_transaction(
+    engine: Engine, txn: Recording
+) -> None:
+    with engine.begin() as conn:  # a Session joins the connection's transaction
+        with txn.store.in_transaction(conn), Session(bind=conn) as session:
+            session.add(Tweet(body="through the connection"))
+            session.commit()  # the outer transaction is the connection's: not committed yet
+        assert txn.others.events == [] and txn.pending() == 0
+    assert txn.events(1)[0].metadata["body"] == "through the connection"
+
+
+# -- docs/orm.md ----------------------------------------------------------------------------------
+def test_the_transactional_example_of_docs_orm_runs(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [code] = [code for heading, code in python_blocks("docs/orm.md", section="Transactions")]
+    monkeypatch.setenv("AUDIT_DB", pg.url)
+    monkeypatch.setenv("DATABASE_URL", f"{pg.dsn}?options=-csearch_path%3D{pg.schema}")
+    module = types.ModuleType("docs_orm_postgres_example")  # SQLAlchemy resolves names there
+    sys.modules[module.__name__] = module
+    namespace: dict[str, Any] = module.__dict__
+    try:
+        exec(compile(code, "<docs/orm.md>", "exec", dont_inherit=True), namespace)
+    finally:
+        del sys.modules[module.__name__]
+    store = namespace["store"]
+    try:
+        wait_for(lambda: store.count() == 1 and store.verify().pending == 0)
+        [stored] = store.query().events
+        assert stored.action == "invoice.create" and dict(stored.metadata) == {
+            "amount": 120, "status": "open"}
+        with namespace["engine"].connect() as conn:
+            assert conn.execute(text("SELECT status FROM invoices")).all() == [("open",)]
+    finally:
+        configure()
+        store.close()
+        namespace["engine"].dispose()
