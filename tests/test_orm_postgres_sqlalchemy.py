@@ -15,17 +15,28 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Column, ForeignKey, Table, create_engine, delete, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from support.docs import python_blocks
+from support.events import make_event
 from support.orm_postgres import MODES, Recording, app_schema, lock_waiters, recording
 from support.postgres import Cluster, PgSchema
 from support.waiting import wait_for
 
-from audit_instrument import AuditEvent, audit, audit_actor, configure
+from audit_instrument import (
+    AuditEvent,
+    DeliveryError,
+    audit,
+    audit_actor,
+    configure,
+    emit,
+    signals,
+)
 from audit_instrument.integrations.sqlalchemy import audit_model
+from audit_instrument.store.postgres_transaction import written_together
 from audit_instrument.testing import capture_events
 
 
@@ -202,6 +213,17 @@ def test_many_to_many_add_remove_and_clear_name_the_related_ids(
     assert dict(cleared.metadata) == {"tags_removed": f"{two},{three}"}
 
 
+def test_values_survive_the_write_exactly(engine: Engine, rec: Recording) -> None:
+    """Quotes, backslashes, control characters and text beyond ASCII, in a bulk statement's
+    events (written in the transaction together, as one JSON array)."""
+    _seed(engine, 3)
+    odd = 'say "hi" \\ back\\slash\n\ttab \x01 café ✓ 😀 \u2028'
+    with Session(engine) as session, rec.block(session):
+        session.execute(update(Tweet).values(body=odd))
+        session.commit()
+    assert {e.metadata["body"] for e in rec.events(3)} == {odd}
+
+
 # -- in_transaction -----------------------------------------------------------------------------
 def _pending_seen_by(session: Session, rec: Recording) -> int:
     return int(session.execute(
@@ -293,6 +315,26 @@ def test_autoflush_inside_a_block_writes_each_flush_as_it_happens(
         ("tweet.create", "C", "tweet_1", {"body": "draft", "views": 0}),
         ("tweet.update", "U", "tweet_1", {"body_was": "draft", "body": "final"}),
     ]
+
+
+def test_events_written_together_that_cannot_be_written_are_each_reported(
+    pg: PgSchema, txn: Recording
+) -> None:
+    """A bulk statement's events go in one write: if it fails (the caller's transaction has
+    failed already), each event is reported failed and the block raises, naming them all."""
+    failed: list[object] = []
+    signals.event_failed.connect(lambda event, **kwargs: failed.append(event), weak=False)
+    events = [make_event(i) for i in range(3)]
+    with psycopg.connect(pg.dsn) as conn:
+        with pytest.raises(DeliveryError, match="3 event"), txn.store.in_transaction(conn):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1/0")
+            with written_together():
+                for event in events:
+                    emit(event)
+        conn.rollback()
+    assert failed == events
+    txn.nothing()
 
 
 # -- FOR UPDATE -----------------------------------------------------------------------------------

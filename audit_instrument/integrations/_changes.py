@@ -45,7 +45,11 @@ from ..rules import (
     is_masked,
     validate_action,
 )
-from ..store.postgres_transaction import outside_block, transaction_connection
+from ..store.postgres_transaction import (
+    outside_block,
+    transaction_connection,
+    written_together,
+)
 
 __all__ = [
     "PART_KEY",
@@ -488,9 +492,10 @@ def emit_all(events: Iterable[AuditEvent]) -> None:
 
 def emit_in_transaction(events: Iterable[AuditEvent]) -> None:
     """Emit the events of a change made in the transaction an ``in_transaction`` block writes
-    in (see :func:`in_caller_transaction`): the block writes them there."""
-    for event in events:
-        signals.emit_built(event)
+    in (see :func:`in_caller_transaction`): the block writes them there, all together."""
+    with written_together():
+        for event in events:
+            signals.emit_built(event)
 
 
 def in_caller_transaction(driver: Callable[[], object]) -> bool:

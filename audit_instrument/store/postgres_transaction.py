@@ -28,6 +28,7 @@ Async connections are not (events are emitted from synchronous code).
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
 import threading
@@ -56,10 +57,13 @@ __all__ = [
     "current_scope",
     "outside_block",
     "transaction_connection",
+    "written_together",
 ]
 
 logger = logging.getLogger("audit_instrument")
 
+_BATCH = 1000
+"""Events per ``INSERT`` of :func:`written_together`."""
 CHECK_MIN = 0.002
 """Seconds before the first look at a transaction's outcome after its block ended."""
 CHECK_MAX = 0.1
@@ -70,8 +74,9 @@ POLL = 1.0
 
 # -- the caller's connection -------------------------------------------------------------
 
-Insert = Callable[[str, str], tuple[int, str]]
-"""Run the pending-row ``INSERT`` (SQL, record) on the caller's connection: ``(id, xid)``."""
+Insert = Callable[[str, str], list[tuple[int, str]]]
+"""Run a pending-row ``INSERT`` (SQL and its one parameter: a record, or a JSON array of them)
+on the caller's connection: ``(id, xid)`` of each row written."""
 Driver = Callable[[], object]
 """The DB-API (psycopg) connection the caller's connection writes through, when asked
 (``None`` while it has none)."""
@@ -87,12 +92,15 @@ def _psycopg_insert(conn: Any) -> tuple[Insert, Driver]:
             "in_transaction() takes a synchronous psycopg Connection, not an AsyncConnection"
         )
 
-    def insert(sql: str, record: str) -> tuple[int, str]:
+    def insert(sql: str, records: str) -> list[tuple[int, str]]:
         _check_psycopg_transaction(conn)
-        row = conn.execute(sql, (record,)).fetchone()
-        return int(row[0]), str(row[1])
+        return _ids(conn.execute(sql, (records,)).fetchall())
 
     return insert, lambda: conn
+
+
+def _ids(rows: Any) -> list[tuple[int, str]]:
+    return [(int(row[0]), str(row[1])) for row in rows]
 
 
 def _check_psycopg_transaction(conn: Any) -> None:
@@ -109,7 +117,7 @@ def _check_psycopg_transaction(conn: Any) -> None:
 
 
 def _sqlalchemy_insert(conn: Any, *, session: bool) -> tuple[Insert, Driver]:
-    def insert(sql: str, record: str) -> tuple[int, str]:
+    def insert(sql: str, records: str) -> list[tuple[int, str]]:
         connection = conn.connection() if session else conn  # begins the session's transaction
         if connection.dialect.name != "postgresql":
             raise AuditConfigError(
@@ -117,8 +125,7 @@ def _sqlalchemy_insert(conn: Any, *, session: bool) -> tuple[Insert, Driver]:
                 "not PostgreSQL"
             )
         _check_psycopg_transaction(connection.connection.driver_connection)  # AUTOCOMMIT?
-        row = connection.exec_driver_sql(sql, (record,)).fetchone()  # autobegins if needed
-        return int(row[0]), str(row[1])
+        return _ids(connection.exec_driver_sql(sql, (records,)).fetchall())  # autobegins
 
     def driver() -> object:
         if session and not conn.in_transaction():  # don't begin one just to be asked
@@ -130,7 +137,7 @@ def _sqlalchemy_insert(conn: Any, *, session: bool) -> tuple[Insert, Driver]:
 
 
 def _django_insert(conn: Any) -> tuple[Insert, Driver]:
-    def insert(sql: str, record: str) -> tuple[int, str]:
+    def insert(sql: str, records: str) -> list[tuple[int, str]]:
         if conn.vendor != "postgresql":
             raise AuditConfigError(
                 f"in_transaction(): the Django connection is to {conn.vendor}, not PostgreSQL"
@@ -141,9 +148,8 @@ def _django_insert(conn: Any) -> tuple[Insert, Driver]:
                 "so the event would commit on its own: wrap the block in transaction.atomic()"
             )
         with conn.cursor() as cursor:
-            cursor.execute(sql, [record])
-            row = cursor.fetchone()
-        return int(row[0]), str(row[1])
+            cursor.execute(sql, [records])
+            return _ids(cursor.fetchall())
 
     return insert, lambda: conn.connection
 
@@ -194,33 +200,54 @@ class _Block:
     conn: object
     insert: Insert
     driver: Driver
-    sql: str
+    sql: str  # INSERT of one record
+    sql_many: str  # INSERT of an array of records
     written: dict[str, list[_Written]] = field(default_factory=dict)  # by transaction id
-    failures: list[Exception] = field(default_factory=list)
+    failures: list[Exception] = field(default_factory=list)  # one per event not written
+    batch: list[AuditEvent] | None = None  # inside written_together(): taken, not written yet
 
     def send(self, event: AuditEvent, *, hand_on: bool = False) -> None:
         """Write ``event`` in the caller's transaction; raise DeliveryError if that fails."""
-        try:
-            id_, xid = self.insert(self.sql, canonical_json(event))
-        except Exception as error:
-            failure = DeliveryError(
-                f"{self.store._where}: could not write event {event.action!r} in the "
-                f"caller's transaction ({error})"
-            )
-            self.failures.append(failure)
-            signals.report_failed(event, self.store, failure)
-            raise failure from error
-        self.written.setdefault(xid, []).append(_Written(id_, event, hand_on))
+        self._write([event], hand_on)
 
     def take(self, event: AuditEvent) -> None:
         """An event emitted inside the block (the diverted ``event_emitted``)."""
+        if self.batch is not None:
+            self.batch.append(event)
+        else:
+            self.take_all([event])
+
+    def take_all(self, events: list[AuditEvent]) -> None:
+        """Emitted events, written in as few statements as can be; failures noted, not raised
+        (the block raises when it ends)."""
+        for start in range(0, len(events), _BATCH):
+            try:
+                self._write(events[start:start + _BATCH], True)
+            except DeliveryError as error:
+                _stats.note_failure(
+                    f"in_transaction {self.store._where}",
+                    str(error), error=error,
+                )
+
+    def _write(self, events: list[AuditEvent], hand_on: bool) -> None:
         try:
-            self.send(event, hand_on=True)
-        except DeliveryError as error:
-            _stats.note_failure(
-                f"in_transaction {self.store._where}",
-                str(error), error=error,
+            if len(events) == 1:
+                rows = self.insert(self.sql, canonical_json(events[0]))
+            else:  # the rows' ids follow the array's order
+                records = json.dumps([canonical_json(e) for e in events], ensure_ascii=False)
+                rows = sorted(self.insert(self.sql_many, records))
+        except Exception as error:
+            what = f"event {events[0].action!r}" if len(events) == 1 else f"{len(events)} events"
+            failure = DeliveryError(
+                f"{self.store._where}: could not write {what} in the caller's transaction "
+                f"({error})"
             )
+            self.failures.extend([failure] * len(events))
+            for event in events:
+                signals.report_failed(event, self.store, failure)
+            raise failure from error
+        for event, (id_, xid) in zip(events, rows, strict=True):
+            self.written.setdefault(xid, []).append(_Written(id_, event, hand_on))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +313,30 @@ def _to_senders(event: AuditEvent) -> None:
     signals.dispatch(signals.event_emitted, event)
 
 
+@contextmanager
+def written_together() -> Iterator[None]:
+    """Events the ``in_transaction`` block of this context takes inside are written when it
+    ends, in one statement per :data:`_BATCH` events rather than one each.
+
+    For the many events of one change made at one moment (ORM capture of a
+    bulk statement): ``benchmarks/bench_orm_postgres.py`` compares a
+    10,000-row bulk update written so with the events written one by one.
+    Nothing may commit or roll back a savepoint inside: the events are
+    written in the transaction (and savepoint) open when it ends.
+    """
+    scope = _scope.get()
+    if not isinstance(scope, _Block) or scope.batch is not None:
+        yield
+        return
+    scope.batch = []
+    try:
+        yield
+    finally:
+        events, scope.batch = scope.batch, None
+        if events:
+            scope.take_all(events)
+
+
 # -- the watcher: outcomes, chaining, handing on ------------------------------------------
 
 
@@ -339,7 +390,8 @@ class Transactions:
         insert, driver = caller_insert(conn)
         store = self._store_ref()
         assert store is not None  # the caller holds it
-        block = _Block(store, conn, insert, driver, self._backend.insert_pending)
+        block = _Block(store, conn, insert, driver, self._backend.insert_pending,
+                       self._backend.insert_pending_many)
         token = _scope.set(block)
         try:
             with signals.divert(block.take):
