@@ -265,6 +265,17 @@ def test_events_held_before_the_block_are_written_in_the_transaction_once(
     assert [e.metadata["body"] for e in events] == ["before the block", "inside the block"]
 
 
+def test_a_change_left_unflushed_when_the_block_ends_goes_out_after_the_commit(
+    engine: Engine, txn: Recording
+) -> None:
+    with Session(engine) as session:
+        with txn.store.in_transaction(session):
+            session.add(Tweet(body="flushed after the block"))
+        session.commit()  # flushed here, outside the block: held, handed on after the commit
+    [event] = txn.events(1, transactional=False)
+    assert event.metadata["body"] == "flushed after the block"
+
+
 def test_another_connection_commits_on_its_own_inside_a_block(
     engine: Engine, txn: Recording
 ) -> None:

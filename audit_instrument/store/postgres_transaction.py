@@ -23,6 +23,13 @@ Supported connections: a psycopg 3 ``Connection``; a SQLAlchemy
 ``Connection`` or ``Session`` on a PostgreSQL engine; Django's
 ``connection`` (or ``connections[alias]``) with the PostgreSQL backend.
 Async connections are not (events are emitted from synchronous code).
+
+ORM capture (``integrations._changes``) meets the block through three seams:
+:func:`transaction_connection` tells it whether a change was made through
+the connection the block writes through (then its events are emitted at
+once and written in that transaction), :func:`written_together` writes a
+bulk change's events in few statements, and :func:`outside_block` hands the
+events of work committed elsewhere straight to the senders.
 """
 
 from __future__ import annotations
