@@ -44,7 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from support.postgres import Cluster, find_bindir
 
 from audit_instrument import audit_actor, configure
-from audit_instrument.integrations import _changes
+from audit_instrument.integrations import _emission
 from audit_instrument.integrations.sqlalchemy import audit_model
 from audit_instrument.senders import MemorySender
 from audit_instrument.store import AuditStore
@@ -73,12 +73,12 @@ def _bulk(session: Session) -> None:
 @contextlib.contextmanager
 def _one_by_one() -> Iterator[None]:
     """``written_together`` off: every event its own ``INSERT``."""
-    together = _changes.written_together
-    _changes.written_together = contextlib.nullcontext  # type: ignore[assignment]
+    together = _emission.written_together
+    _emission.written_together = contextlib.nullcontext  # type: ignore[assignment]
     try:
         yield
     finally:
-        _changes.written_together = together
+        _emission.written_together = together
 
 
 def _run(engine: Engine, store: AuditStore, variant: str, rows: int) -> float:

@@ -15,6 +15,9 @@ text, with the values of masked keys inside them masked; bytes become
 ``"<N bytes>"``; other objects their ``str()``. A field whose key is masked
 is recorded as ``"[masked]"`` without its value being looked at, so that a
 changed password shows as changed and nothing more.
+
+When the events go out — at the commit, or written in the caller's
+transaction — is :mod:`._emission`'s part.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .. import signals
 from ..errors import AuditConfigError
 from ..event import AuditEvent, MetadataValue
-from ..instrument import make_event, report_invalid, warn_discarded
+from ..instrument import make_event, report_invalid
 from ..rules import (
     MASKED,
     MAX_INT,
@@ -45,25 +47,16 @@ from ..rules import (
     is_masked,
     validate_action,
 )
-from ..store.postgres_transaction import (
-    outside_block,
-    transaction_connection,
-    written_together,
-)
 
 __all__ = [
     "PART_KEY",
     "ModelAudit",
     "build_events",
-    "capturing",
     "changed",
     "created",
     "deleted",
-    "emit_all",
-    "emit_in_transaction",
     "id_text",
     "id_texts",
-    "in_caller_transaction",
     "metadata_value",
     "net_changes",
     "snake_case",
@@ -468,52 +461,3 @@ def net_changes(events: Sequence[tuple[AuditEvent, Collection[str]]]) -> list[Au
         where[event.target_id] = len(out)
         out.append(event)
     return [event for event in out if event is not None]
-
-
-def capturing() -> bool:
-    """Whether any sender listens; if not, warn once (as ``@audit`` does) and capture nothing."""
-    if signals.event_emitted.receivers:
-        return True
-    warn_discarded()
-    return False
-
-
-def emit_all(events: Iterable[AuditEvent]) -> None:
-    """Hand the events of committed work to the senders, in order.
-
-    Straight to them even inside an ``in_transaction`` block: the work has
-    committed, and the block's transaction (another one, or a later one on
-    the same connection) is not theirs.
-    """
-    with outside_block():
-        for event in events:
-            signals.emit_built(event)
-
-
-def emit_in_transaction(events: Iterable[AuditEvent]) -> None:
-    """Emit the events of a change made in the transaction an ``in_transaction`` block writes
-    in (see :func:`in_caller_transaction`): the block writes them there, all together."""
-    with written_together():
-        for event in events:
-            signals.emit_built(event)
-
-
-def in_caller_transaction(driver: Callable[[], object]) -> bool:
-    """Whether events emitted now are written in the transaction of the change just made.
-
-    True inside ``store.in_transaction(conn)`` (a PostgreSQL store) when
-    ``conn`` writes through the DB-API connection ``driver()`` returns —
-    the one the change was made through, so the same open transaction.
-    Each ORM's ``_hold`` then emits the change's events at once
-    (:func:`emit_in_transaction`) instead of holding them for the commit:
-    the block writes them in that transaction, and a rollback or a savepoint
-    rollback undoes them with the change. ``driver`` is called only inside a
-    block.
-    """
-    target = transaction_connection()
-    if target is None:
-        return False
-    try:
-        return driver() is target
-    except Exception:  # no connection to be found: the events wait for the commit as usual
-        return False

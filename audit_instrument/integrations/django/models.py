@@ -59,17 +59,14 @@ from .._changes import (
     ModelAudit,
     TargetName,
     build_events,
-    capturing,
     changed,
     deleted,
-    emit_all,
-    emit_in_transaction,
     id_texts,
-    in_caller_transaction,
 )
 from .._changes import (
     created as created_metadata,
 )
+from .._emission import capturing, emit_all, emit_in_transaction, in_caller_transaction
 
 __all__ = ["AuditedManager", "AuditedQuerySet", "AuditedQuerySetMixin", "audit_model"]
 

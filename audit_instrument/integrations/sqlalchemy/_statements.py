@@ -13,7 +13,7 @@ from ... import _stats as stats
 from ...config import settings
 from ...errors import AuditValidationError
 from ...event import AuditEvent
-from .._changes import capturing
+from .._emission import capturing
 from ._plan import _CHUNK, _Plan, _plan_of
 from ._transactions import _hold
 

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from ...event import AuditEvent
-from .._changes import emit_all, emit_in_transaction, in_caller_transaction, net_changes
+from .._changes import net_changes
+from .._emission import emit_all, emit_in_transaction, in_caller_transaction
 
 _HELD = "audit_instrument.held"  # session.info: {transaction: events it would commit}
 _RELEASED = "audit_instrument.released"  # session.info: savepoints released, not yet closed

@@ -11,7 +11,7 @@ from sqlalchemy.orm.attributes import History, set_committed_value
 
 from ... import signals
 from ...event import AuditEvent
-from .._changes import capturing
+from .._emission import capturing
 from ._plan import _CHUNK, _Plan, _plan_of
 from ._transactions import _hold
 
