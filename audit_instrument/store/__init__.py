@@ -31,8 +31,8 @@ The package: :mod:`.chain` (canonical JSON, hashes, keys), :mod:`.checkpoint`,
 :mod:`.backend` (the seam a database implements), :mod:`.sqlite` and
 :mod:`.sqlite_schema` (the SQLite backend), the ``postgres*`` modules (the PostgreSQL
 backend: :mod:`.postgres`, its URL, connections, schema, SQL and verify snapshot, and
-:mod:`.postgres_transaction` with :mod:`.postgres_caller` for writes inside callers'
-transactions), :mod:`.audit_store` (the front).
+:mod:`.postgres_transaction` for writes inside callers' transactions), :mod:`.audit_store`
+(the front).
 
 >>> from audit_instrument import configure
 >>> store = AuditStore("audit.db")                      # doctest: +SKIP
