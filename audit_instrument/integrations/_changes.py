@@ -15,6 +15,9 @@ text, with the values of masked keys inside them masked; bytes become
 ``"<N bytes>"``; other objects their ``str()``. A field whose key is masked
 is recorded as ``"[masked]"`` without its value being looked at, so that a
 changed password shows as changed and nothing more.
+
+When the events go out — at the commit, or written in the caller's
+transaction — is :mod:`._emission`'s part.
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .. import signals
 from ..errors import AuditConfigError
 from ..event import AuditEvent, MetadataValue
-from ..instrument import make_event, report_invalid, warn_discarded
+from ..instrument import make_event, report_invalid
 from ..rules import (
     MASKED,
     MAX_INT,
@@ -50,11 +52,9 @@ __all__ = [
     "PART_KEY",
     "ModelAudit",
     "build_events",
-    "capturing",
     "changed",
     "created",
     "deleted",
-    "emit_all",
     "id_text",
     "id_texts",
     "metadata_value",
@@ -461,17 +461,3 @@ def net_changes(events: Sequence[tuple[AuditEvent, Collection[str]]]) -> list[Au
         where[event.target_id] = len(out)
         out.append(event)
     return [event for event in out if event is not None]
-
-
-def capturing() -> bool:
-    """Whether any sender listens; if not, warn once (as ``@audit`` does) and capture nothing."""
-    if signals.event_emitted.receivers:
-        return True
-    warn_discarded()
-    return False
-
-
-def emit_all(events: Iterable[AuditEvent]) -> None:
-    """Hand committed events to the senders, in order."""
-    for event in events:
-        signals.emit_built(event)

@@ -346,6 +346,12 @@ class PostgresBackend:
         """``INSERT`` of one pending row (``%s``: its record); returns ``(id, xid)``."""
         return self._sql.insert_pending
 
+    @property
+    def insert_pending_many(self) -> str:
+        """``INSERT`` of pending rows (``%s``: a JSON array of their records, as strings);
+        returns ``(id, xid)`` of each, the ids in the array's order."""
+        return self._sql.insert_pending_many
+
     def chain_pending(self, linker: Callable[[Seal | None], Linker]) -> int:
         """Chain the committed pending rows, oldest first; how many were taken.
 

@@ -81,6 +81,11 @@ class Statements:
         self.insert_pending = (
             f"INSERT INTO {s}.pending (record) VALUES (%s) RETURNING id, xid::text"
         )
+        self.insert_pending_many = (  # ORDER BY: the ids are drawn in the array's order
+            f"INSERT INTO {s}.pending (record) SELECT record FROM "
+            f"json_array_elements_text(%s::json) WITH ORDINALITY AS given(record, n) "
+            f"ORDER BY n RETURNING id, xid::text"
+        )
         self.take_pending = (
             f"DELETE FROM {s}.pending WHERE id IN "
             f"(SELECT id FROM {s}.pending ORDER BY id LIMIT %s) RETURNING id, record"

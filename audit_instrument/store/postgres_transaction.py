@@ -22,14 +22,22 @@ chained by any other store instance.
 Supported connections: a psycopg 3 ``Connection``; a SQLAlchemy
 ``Connection`` or ``Session`` on a PostgreSQL engine; Django's
 ``connection`` (or ``connections[alias]``) with the PostgreSQL backend.
-Async connections are not (events are emitted from synchronous code).
+Async connections are not (events are emitted from synchronous code). How
+each is written through is in :mod:`.postgres_caller`.
+
+ORM capture (``integrations._emission``) meets the block through three seams:
+:func:`transaction_connection` tells it whether a change was made through
+the connection the block writes through (then its events are emitted at
+once and written in that transaction), :func:`written_together` writes a
+bulk change's events in few statements, and :func:`outside_block` hands the
+events of work committed elsewhere straight to the senders.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
-import sys
 import threading
 import time
 import weakref
@@ -37,124 +45,39 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import _stats, signals
 from .._json import canonical_json
 from ..errors import AuditConfigError, AuditError, DeliveryError
 from ..event import AuditEvent
 from .chain import Linker, Seal
+from .postgres_caller import Driver, Insert, caller_insert
 
 if TYPE_CHECKING:
     from .audit_store import AuditStore
     from .postgres import PostgresBackend
 
-__all__ = ["CHECK_MAX", "POLL", "Transactions", "current_scope"]
+__all__ = [
+    "CHECK_MAX",
+    "POLL",
+    "Transactions",
+    "current_scope",
+    "outside_block",
+    "transaction_connection",
+    "written_together",
+]
 
 logger = logging.getLogger("audit_instrument")
 
+_BATCH = 1000
+"""Events per ``INSERT`` of :func:`written_together`."""
 CHECK_MIN = 0.002
 """Seconds before the first look at a transaction's outcome after its block ended."""
 CHECK_MAX = 0.1
 """The longest wait between two looks at a transaction still open."""
 POLL = 1.0
 """Seconds between two looks for committed pending rows that no one here is waiting for."""
-
-
-# -- the caller's connection -------------------------------------------------------------
-
-Insert = Callable[[str, str], tuple[int, str]]
-"""Run the pending-row ``INSERT`` (SQL, record) on the caller's connection: ``(id, xid)``."""
-
-
-def _module(name: str) -> Any:
-    return sys.modules.get(name)
-
-
-def _psycopg_insert(conn: Any) -> Insert:
-    if type(conn).__name__.startswith("Async"):
-        raise AuditConfigError(
-            "in_transaction() takes a synchronous psycopg Connection, not an AsyncConnection"
-        )
-
-    def insert(sql: str, record: str) -> tuple[int, str]:
-        _check_psycopg_transaction(conn)
-        row = conn.execute(sql, (record,)).fetchone()
-        return int(row[0]), str(row[1])
-
-    return insert
-
-
-def _check_psycopg_transaction(conn: Any) -> None:
-    psycopg = _module("psycopg")
-    if psycopg is None or not isinstance(conn, psycopg.Connection):
-        return
-    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    if conn.autocommit and idle:
-        raise AuditConfigError(
-            "in_transaction(): the psycopg connection is in autocommit mode outside a "
-            "transaction, so the event would commit on its own: open one "
-            "(with conn.transaction(): ...)"
-        )
-
-
-def _sqlalchemy_insert(conn: Any, *, session: bool) -> Insert:
-    def insert(sql: str, record: str) -> tuple[int, str]:
-        connection = conn.connection() if session else conn  # begins the session's transaction
-        if connection.dialect.name != "postgresql":
-            raise AuditConfigError(
-                f"in_transaction(): the SQLAlchemy connection is to {connection.dialect.name}, "
-                "not PostgreSQL"
-            )
-        _check_psycopg_transaction(connection.connection.driver_connection)  # AUTOCOMMIT?
-        row = connection.exec_driver_sql(sql, (record,)).fetchone()  # autobegins if needed
-        return int(row[0]), str(row[1])
-
-    return insert
-
-
-def _django_insert(conn: Any) -> Insert:
-    def insert(sql: str, record: str) -> tuple[int, str]:
-        if conn.vendor != "postgresql":
-            raise AuditConfigError(
-                f"in_transaction(): the Django connection is to {conn.vendor}, not PostgreSQL"
-            )
-        if not conn.in_atomic_block and conn.get_autocommit():
-            raise AuditConfigError(
-                "in_transaction(): Django is in autocommit mode outside transaction.atomic(), "
-                "so the event would commit on its own: wrap the block in transaction.atomic()"
-            )
-        with conn.cursor() as cursor:
-            cursor.execute(sql, [record])
-            row = cursor.fetchone()
-        return int(row[0]), str(row[1])
-
-    return insert
-
-
-def caller_insert(conn: object) -> Insert:
-    """How to write a pending row through ``conn``; AuditConfigError for what is not supported."""
-    psycopg = _module("psycopg")
-    if psycopg is not None and isinstance(conn, psycopg.Connection | psycopg.AsyncConnection):
-        return _psycopg_insert(conn)
-    orm = _module("sqlalchemy.orm")
-    if orm is not None and isinstance(conn, orm.Session):
-        return _sqlalchemy_insert(conn, session=True)
-    engine = _module("sqlalchemy.engine")
-    if engine is not None and isinstance(conn, engine.Connection):
-        return _sqlalchemy_insert(conn, session=False)
-    django_db = _module("django.db")
-    if django_db is not None:
-        base = _module("django.db.backends.base.base")
-        target = conn
-        if type(conn).__name__ == "ConnectionProxy":  # django.db.connection
-            target = django_db.connections[conn._alias]  # type: ignore[attr-defined]
-        if base is not None and isinstance(target, base.BaseDatabaseWrapper):
-            return _django_insert(target)
-    raise AuditConfigError(
-        "in_transaction() takes a psycopg Connection, a SQLAlchemy Connection or Session, or "
-        f"a Django connection; got {type(conn).__module__}.{type(conn).__qualname__}"
-    )
 
 
 # -- the scope of a block -----------------------------------------------------------------
@@ -176,33 +99,55 @@ class _Block:
     store: AuditStore
     conn: object
     insert: Insert
-    sql: str
+    driver: Driver
+    sql: str  # INSERT of one record
+    sql_many: str  # INSERT of an array of records
     written: dict[str, list[_Written]] = field(default_factory=dict)  # by transaction id
-    failures: list[Exception] = field(default_factory=list)
+    failures: list[Exception] = field(default_factory=list)  # one per event not written
+    batch: list[AuditEvent] | None = None  # inside written_together(): taken, not written yet
 
     def send(self, event: AuditEvent, *, hand_on: bool = False) -> None:
         """Write ``event`` in the caller's transaction; raise DeliveryError if that fails."""
-        try:
-            id_, xid = self.insert(self.sql, canonical_json(event))
-        except Exception as error:
-            failure = DeliveryError(
-                f"{self.store._where}: could not write event {event.action!r} in the "
-                f"caller's transaction ({error})"
-            )
-            self.failures.append(failure)
-            signals.report_failed(event, self.store, failure)
-            raise failure from error
-        self.written.setdefault(xid, []).append(_Written(id_, event, hand_on))
+        self._write([event], hand_on)
 
     def take(self, event: AuditEvent) -> None:
         """An event emitted inside the block (the diverted ``event_emitted``)."""
+        if self.batch is not None:
+            self.batch.append(event)
+        else:
+            self.take_all([event])
+
+    def take_all(self, events: list[AuditEvent]) -> None:
+        """Emitted events, written in as few statements as can be; failures noted, not raised
+        (the block raises when it ends)."""
+        for start in range(0, len(events), _BATCH):
+            try:
+                self._write(events[start:start + _BATCH], True)
+            except DeliveryError as error:
+                _stats.note_failure(
+                    f"in_transaction {self.store._where}",
+                    str(error), error=error,
+                )
+
+    def _write(self, events: list[AuditEvent], hand_on: bool) -> None:
         try:
-            self.send(event, hand_on=True)
-        except DeliveryError as error:
-            _stats.note_failure(
-                f"in_transaction {self.store._where}",
-                str(error), error=error,
+            if len(events) == 1:
+                rows = self.insert(self.sql, canonical_json(events[0]))
+            else:  # the rows' ids follow the array's order
+                records = json.dumps([canonical_json(e) for e in events], ensure_ascii=False)
+                rows = sorted(self.insert(self.sql_many, records))
+        except Exception as error:
+            what = f"event {events[0].action!r}" if len(events) == 1 else f"{len(events)} events"
+            failure = DeliveryError(
+                f"{self.store._where}: could not write {what} in the caller's transaction "
+                f"({error})"
             )
+            self.failures.extend([failure] * len(events))
+            for event in events:
+                signals.report_failed(event, self.store, failure)
+            raise failure from error
+        for event, (id_, xid) in zip(events, rows, strict=True):
+            self.written.setdefault(xid, []).append(_Written(id_, event, hand_on))
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +168,73 @@ _scope: ContextVar[_Block | _HandingOn | None] = ContextVar(
 def current_scope() -> _Block | _HandingOn | None:
     """The ``in_transaction`` block (or hand-on) this context is in, if any."""
     return _scope.get()
+
+
+def transaction_connection() -> object | None:
+    """The DB-API (psycopg) connection the ``in_transaction`` block of this context writes
+    through; ``None`` outside a block (or while its connection has none).
+
+    The seam for ORM capture: a change made through this same connection
+    belongs to the transaction the block writes in, so its events are
+    emitted at once — the block writes them there, and a rollback (or a
+    savepoint rollback) undoes them with the change — instead of being held
+    for the commit. Asking never begins a transaction.
+    """
+    scope = _scope.get()
+    if not isinstance(scope, _Block):
+        return None
+    try:
+        return scope.driver()
+    except Exception:  # a closed or failed connection: nothing is written through it
+        return None
+
+
+@contextmanager
+def outside_block() -> Iterator[None]:
+    """Events emitted inside go to the senders at once, as if no ``in_transaction`` block
+    were open in this context.
+
+    For work that has committed already — ORM capture hands on the events
+    of a committed transaction this way: the block's transaction is not
+    theirs, and tying them to it would lose them if it rolled back.
+    """
+    if not isinstance(_scope.get(), _Block):
+        yield
+        return
+    token = _scope.set(None)
+    try:
+        with signals.divert(_to_senders):
+            yield
+    finally:
+        _scope.reset(token)
+
+
+def _to_senders(event: AuditEvent) -> None:
+    signals.dispatch(signals.event_emitted, event)
+
+
+@contextmanager
+def written_together() -> Iterator[None]:
+    """Events the ``in_transaction`` block of this context takes inside are written when it
+    ends, in one statement per :data:`_BATCH` events rather than one each.
+
+    For the many events of one change made at one moment (ORM capture of a
+    bulk statement): ``benchmarks/bench_orm_postgres.py`` compares a
+    10,000-row bulk update written so with the events written one by one.
+    Nothing may commit or roll back a savepoint inside: the events are
+    written in the transaction (and savepoint) open when it ends.
+    """
+    scope = _scope.get()
+    if not isinstance(scope, _Block) or scope.batch is not None:
+        yield
+        return
+    scope.batch = []
+    try:
+        yield
+    finally:
+        events, scope.batch = scope.batch, None
+        if events:
+            scope.take_all(events)
 
 
 # -- the watcher: outcomes, chaining, handing on ------------------------------------------
@@ -275,10 +287,11 @@ class Transactions:
             )
         if self._closed:
             raise AuditError(f"{self._where}: the store is closed")
-        insert = caller_insert(conn)
+        insert, driver = caller_insert(conn)
         store = self._store_ref()
         assert store is not None  # the caller holds it
-        block = _Block(store, conn, insert, self._backend.insert_pending)
+        block = _Block(store, conn, insert, driver, self._backend.insert_pending,
+                       self._backend.insert_pending_many)
         token = _scope.set(block)
         try:
             with signals.divert(block.take):

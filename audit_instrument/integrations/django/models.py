@@ -26,7 +26,9 @@ Events are built when the change is made (with the actor, group and location
 of that moment) and handed to the senders by ``transaction.on_commit``: not
 at all if the transaction rolls back, and not for the work a rolled-back
 savepoint undid. Outside ``atomic()`` Django commits every statement, so
-events go out at once.
+events go out at once. Inside ``store.in_transaction(connection)`` (a
+PostgreSQL store, the same database connection) they are written in the
+transaction as the change is made, and commit or roll back with it.
 """
 
 from __future__ import annotations
@@ -57,15 +59,14 @@ from .._changes import (
     ModelAudit,
     TargetName,
     build_events,
-    capturing,
     changed,
     deleted,
-    emit_all,
     id_texts,
 )
 from .._changes import (
     created as created_metadata,
 )
+from .._emission import capturing, emit_all, emit_in_transaction, in_caller_transaction
 
 __all__ = ["AuditedManager", "AuditedQuerySet", "AuditedQuerySetMixin", "audit_model"]
 
@@ -219,11 +220,25 @@ class _RowReader:
 def _hold(using: str, events: list[AuditEvent]) -> None:
     """Hand ``events`` to the senders when the transaction commits (at once outside one).
 
-    The one place events wait for their transaction: writing them into the
-    database inside that transaction instead would happen here.
+    The one place events wait for their transaction — unless an
+    ``in_transaction`` block writes through the connection of ``using``
+    inside ``atomic()``: then they are emitted now, and the block writes
+    them in that transaction (a savepoint rollback undoes them with the
+    change). Outside ``atomic()`` the change has committed already, so its
+    events go to the senders at once, block or not.
     """
-    if events:
-        transaction.on_commit(functools.partial(emit_all, events), using=using)
+    if not events:
+        return
+    if in_caller_transaction(lambda: _atomic_connection(using)):
+        emit_in_transaction(events)
+        return
+    transaction.on_commit(functools.partial(emit_all, events), using=using)
+
+
+def _atomic_connection(using: str) -> object:
+    """The DB-API connection of ``using`` inside ``atomic()``; ``None`` in autocommit."""
+    connection = connections[using]
+    return connection.connection if connection.in_atomic_block else None
 
 
 # -- declaring ------------------------------------------------------------------------------------

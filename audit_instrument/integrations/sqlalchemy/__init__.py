@@ -23,7 +23,10 @@ recorded, when its transaction commits:
 Events are built when the change is flushed (so they carry the actor, group
 and location of that moment) and held by the session's transaction: a
 commit hands them to the senders, a rollback drops them, and rolling back a
-savepoint (``begin_nested()``) drops those of the work it undid.
+savepoint (``begin_nested()``) drops those of the work it undid. Inside
+``store.in_transaction(session)`` (a PostgreSQL store, the session's own
+connection) they are written in the transaction as the change is flushed,
+and commit or roll back with it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ...errors import AuditConfigError
 from .._changes import TargetName
 from ._plan import _FOUND, _PLANS, _Plan
 from ._statements import _on_execute
-from ._transactions import _after_commit, _after_transaction_end
+from ._transactions import _after_commit, _after_transaction_end, _before_commit
 from ._unit_of_work import _after_flush, _before_flush, _recorder
 
 _installed = False
@@ -103,6 +106,7 @@ def _install() -> None:
     event.listen(Session, "before_flush", _before_flush)
     event.listen(Session, "after_flush", _after_flush)
     event.listen(Session, "do_orm_execute", _on_execute)
+    event.listen(Session, "before_commit", _before_commit)
     event.listen(Session, "after_commit", _after_commit)
     event.listen(Session, "after_transaction_end", _after_transaction_end)
     _installed = True

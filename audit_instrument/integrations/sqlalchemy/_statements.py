@@ -7,13 +7,13 @@ from typing import Any
 
 from sqlalchemy import and_, inspect
 from sqlalchemy.engine import Result, Row
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import ORMExecuteState, configure_mappers
 
 from ... import _stats as stats
 from ...config import settings
 from ...errors import AuditValidationError
 from ...event import AuditEvent
-from .._changes import capturing
+from .._emission import capturing
 from ._plan import _CHUNK, _Plan, _plan_of
 from ._transactions import _hold
 
@@ -23,7 +23,11 @@ def _on_execute(state: ORMExecuteState) -> Result[Any] | None:
     if not (state.is_update or state.is_delete or state.is_insert):
         return None
     mapper = state.bind_mapper
-    plan = _plan_of(mapper.class_) if mapper is not None else None
+    if mapper is None:
+        return None
+    if not mapper.configured:  # a statement before any query: audit_model takes effect now
+        configure_mappers()
+    plan = _plan_of(mapper.class_)
     if plan is None or not capturing():
         return None
     if state.is_insert:
@@ -83,7 +87,7 @@ def _bulk_change(state: ORMExecuteState, plan: _Plan) -> Result[Any]:
                 f"rows could not be read back by primary key (was the primary key changed?); "
                 f"they are not recorded",
             )
-    _hold(state.session, [(event, plan.columns) for event in events])
+    _hold(state.session, plan.mapper, [(event, plan.columns) for event in events])
     return result
 
 
@@ -124,7 +128,7 @@ def _bulk_insert(state: ORMExecuteState, plan: _Plan) -> Result[Any] | None:
     events: list[AuditEvent] = []
     for pk, row in after.items():
         events.extend(plan.row_events("create", pk, None, row))
-    _hold(state.session, [(event, plan.columns) for event in events])
+    _hold(state.session, plan.mapper, [(event, plan.columns) for event in events])
     return result
 
 

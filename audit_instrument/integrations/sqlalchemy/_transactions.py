@@ -1,13 +1,21 @@
-"""Events wait for their transaction: emitted when it commits, dropped when it rolls back."""
+"""Events wait for their transaction: emitted when it commits, dropped when it rolls back.
+
+Inside ``store.in_transaction(...)`` of a PostgreSQL store on the session's
+own connection, they are emitted at once instead: the block writes them in
+the open transaction, which commits or rolls back (savepoints included) with
+the change itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from typing import Any
 
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Mapper, Session, SessionTransaction
 
 from ...event import AuditEvent
-from .._changes import emit_all, net_changes
+from .._changes import net_changes
+from .._emission import emit_all, emit_in_transaction, in_caller_transaction
 
 _HELD = "audit_instrument.held"  # session.info: {transaction: events it would commit}
 _RELEASED = "audit_instrument.released"  # session.info: savepoints released, not yet closed
@@ -18,15 +26,15 @@ Held = list[tuple[AuditEvent, Collection[str]]]
 """Events waiting for a commit, each with the audited columns of its model."""
 
 
-def _hold(session: Session, events: Iterable[tuple[AuditEvent, Collection[str]]]) -> None:
-    """Keep ``events`` (with their model's audited columns) with the innermost transaction
-    (a savepoint, else the session's).
+def _hold(session: Session, mapper: Mapper[Any],
+          events: Iterable[tuple[AuditEvent, Collection[str]]]) -> None:
+    """Keep ``events`` of rows of ``mapper`` (each with its model's audited columns) with the
+    innermost transaction (a savepoint, else the session's).
 
-    This is the one place events wait for their transaction. Writing them
-    into the database inside that same transaction instead (a store that
-    shares the application's database) would happen here, on
-    ``session.connection()``: a savepoint rollback or a rollback would then
-    undo them with the rest of the work.
+    This is the one place events wait for their transaction — unless an
+    ``in_transaction`` block writes through the connection the session uses
+    for ``mapper``: then they are emitted now, and the block writes them in
+    that transaction.
     """
     events = list(events)
     if not events:
@@ -35,8 +43,31 @@ def _hold(session: Session, events: Iterable[tuple[AuditEvent, Collection[str]]]
     if transaction is None:  # not inside a transaction: nothing can undo it any more
         emit_all(event for event, _ in events)
         return
+    if _in_block(session, mapper):  # one flush writes a row once; net_changes to be sure
+        emit_in_transaction(net_changes(events))
+        return
     held: dict[SessionTransaction, Held] = session.info.setdefault(_HELD, {})
     held.setdefault(transaction, []).extend(events)
+
+
+def _in_block(session: Session, mapper: Mapper[Any] | None) -> bool:
+    """Whether an ``in_transaction`` block writes through the connection ``session`` uses for
+    ``mapper`` (its default bind for ``None``)."""
+    bind_arguments = None if mapper is None else {"mapper": mapper}
+    return in_caller_transaction(
+        lambda: session.connection(bind_arguments=bind_arguments).connection.driver_connection)
+
+
+def _before_commit(session: Session) -> None:
+    """Events held from before an ``in_transaction`` block, committed inside it on the same
+    connection: written in the transaction now, before its ``COMMIT``, like the rest of the
+    block's (emitted after it, the block would write them in the next transaction)."""
+    held: dict[SessionTransaction, Held] | None = session.info.get(_HELD)
+    if not held or session.get_nested_transaction() is not None or not _in_block(session, None):
+        return
+    events = [item for items in held.values() for item in items]
+    held.clear()
+    emit_in_transaction(net_changes(events))
 
 
 def _after_commit(session: Session) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm.attributes import History, set_committed_value
 
 from ... import signals
 from ...event import AuditEvent
-from .._changes import capturing
+from .._emission import capturing
 from ._plan import _CHUNK, _Plan, _plan_of
 from ._transactions import _hold
 
@@ -86,12 +86,16 @@ def _after_flush(session: Session, context: UOWTransaction) -> None:
     if not written or not capturing():
         return
     old: dict[InstanceState[Any], dict[str, Any]] = session.info.get(_OLD) or {}
-    events: list[tuple[AuditEvent, Collection[str]]] = []
+    runs: list[tuple[_Plan, list[tuple[AuditEvent, Collection[str]]]]] = []  # by model, in order
     for kind, state in written:
         plan = _plan_of(state.class_)
-        if plan is not None:
-            events.extend((event, plan.columns)
-                          for event in plan.flush_events(kind, state, old.get(state, {})))
-    _hold(session, events)
+        if plan is None:
+            continue
+        if not runs or runs[-1][0] is not plan:
+            runs.append((plan, []))
+        runs[-1][1].extend((event, plan.columns)
+                           for event in plan.flush_events(kind, state, old.get(state, {})))
+    for plan, events in runs:
+        _hold(session, plan.mapper, events)
 
 
