@@ -38,8 +38,8 @@ The package: :mod:`.chain` (canonical JSON, hashes, keys), :mod:`.checkpoint`,
 :mod:`.sqlite`, :mod:`.sqlite_schema`, :mod:`.sqlite_activity` and
 :mod:`.sqlite_prune` (the SQLite backend), the ``postgres*`` modules (the
 PostgreSQL backend: :mod:`.postgres`, its URL, connections, schema, SQL and
-verify snapshot, and :mod:`.postgres_transaction` for writes inside callers'
-transactions), :mod:`.audit_store` (the front).
+verify snapshot, and :mod:`.postgres_transaction` and :mod:`.postgres_caller` for writes inside
+callers' transactions), :mod:`.audit_store` (the front).
 
 >>> from audit_instrument import configure
 >>> store = AuditStore("audit.db")                      # doctest: +SKIP
